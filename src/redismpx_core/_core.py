@@ -1,0 +1,928 @@
+"""The multiplexer state machine: RESP bytes and the time in; bytes, events and deadlines out.
+
+A driver owns one :class:`MultiplexerCore` for the life of its multiplexer (it
+outlives every connection) and runs a short loop around it:
+
+* after connecting: ``events = core.connection_made(now)``;
+* for every chunk read: ``events = core.receive_data(chunk, now)``;
+* whenever ``core.data_to_send()`` returns bytes: write them;
+* at ``core.next_deadline()``: ``events = core.handle_timeout(now)``;
+* when an input raises a :class:`RedisMPXError` (the connection is unusable),
+  or the socket fails: close it, ``events = core.connection_lost(error)``, wait
+  ``core.next_reconnect_delay()`` seconds and connect again.
+
+``connection_lost`` returns first the events an input produced before it raised
+(messages already read are delivered before the disconnect notices).
+
+User commands (``add``, ``remove``, ``close``, ``new_promise``, ``publish``) change
+state and queue bytes; nothing is written until the driver asks. Per-name states
+and their transitions are in :mod:`._state`.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from . import _state
+from ._backoff import Backoff
+from ._errors import (
+    AuthenticationError,
+    ConnectionLost,
+    HealthCheckTimeout,
+    InactiveSubscription,
+    PromiseInterrupted,
+    ProtocolError,
+    RedisMPXError,
+    ServerError,
+    SubscriptionClosed,
+)
+from ._events import (
+    ConnectionEstablished,
+    Event,
+    MessagesReceived,
+    NameActivated,
+    NameRejected,
+    PromiseExpired,
+    PromiseFailed,
+    PromiseFulfilled,
+    PublishCompleted,
+    PublishFailed,
+    SubscriptionDisconnected,
+)
+from ._handles import Promise, Subscription, SubscriptionKind
+from ._names import coerce_name, coerce_names, escape_glob
+from ._resp import NOT_ENOUGH_DATA, FrameReader, ParseError, PushFrame, ReplyError, pack_command
+from ._state import ACTIVE, IDLE, Command, NameKind, NameState, Reply
+
+__all__ = ("ConnectionState", "MultiplexerCore")
+
+
+class ConnectionState(enum.Enum):
+    DISCONNECTED = "disconnected"
+    HANDSHAKING = "handshaking"
+    READY = "ready"
+    BROKEN = "broken"  # an input raised; waiting for connection_lost()
+    CLOSED = "closed"
+
+
+DEFAULT_MAX_FRAME_SIZE: Final = 512 * 1024 * 1024 + 64 * 1024
+#: Names per SUBSCRIBE-family command: large enough that a resubscription of
+#: thousands of names is a handful of commands, small enough that one refused
+#: batch (retried name by name) stays cheap.
+MAX_NAMES_PER_COMMAND: Final = 1024
+
+_COMMAND_NAMES: Final = {
+    (NameKind.CHANNEL, Command.SUBSCRIBE): b"SUBSCRIBE",
+    (NameKind.CHANNEL, Command.UNSUBSCRIBE): b"UNSUBSCRIBE",
+    (NameKind.PATTERN, Command.SUBSCRIBE): b"PSUBSCRIBE",
+    (NameKind.PATTERN, Command.UNSUBSCRIBE): b"PUNSUBSCRIBE",
+    (NameKind.SHARD, Command.SUBSCRIBE): b"SSUBSCRIBE",
+    (NameKind.SHARD, Command.UNSUBSCRIBE): b"SUNSUBSCRIBE",
+}
+
+#: First element of a confirmation frame -> (name space, reply).
+_CONFIRMATION_KINDS: Final = {
+    b"subscribe": (NameKind.CHANNEL, Reply.SUBSCRIBE_CONFIRMED),
+    b"unsubscribe": (NameKind.CHANNEL, Reply.UNSUBSCRIBE_CONFIRMED),
+    b"psubscribe": (NameKind.PATTERN, Reply.SUBSCRIBE_CONFIRMED),
+    b"punsubscribe": (NameKind.PATTERN, Reply.UNSUBSCRIBE_CONFIRMED),
+    b"ssubscribe": (NameKind.SHARD, Reply.SUBSCRIBE_CONFIRMED),
+    b"sunsubscribe": (NameKind.SHARD, Reply.UNSUBSCRIBE_CONFIRMED),
+}
+
+#: Error codes that say the connection, not a name, is the problem: reconnect.
+_CONNECTION_ERROR_CODES: Final = frozenset(
+    {
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "NOAUTH",
+        "WRONGPASS",
+        "MISCONF",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "MOVED",
+        "ASK",
+        "READONLY",
+    }
+)
+_AUTH_ERROR_CODES: Final = frozenset({"WRONGPASS", "NOAUTH"})
+
+# Kinds of replies the connection waits for, besides subscription confirmations.
+_HANDSHAKE: Final = "handshake"
+_PING: Final = "ping"
+_PUBLISH: Final = "publish"
+
+
+class _Expected:
+    """One command whose replies are still due, in wire order."""
+
+    __slots__ = ("command", "index", "kind", "label", "names", "token")
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        kind: NameKind | None = None,
+        command: Command | None = None,
+        names: list[bytes] | None = None,
+        token: int = 0,
+    ) -> None:
+        self.label = label
+        self.kind = kind
+        self.command = command
+        self.names = names or []
+        self.index = 0
+        self.token = token
+
+
+class _NameRecord:
+    """What the core knows of one name in one name space."""
+
+    __slots__ = ("holders", "kind", "name", "promise_holders", "snapshot", "solo", "state")
+
+    def __init__(self, kind: NameKind, name: bytes) -> None:
+        self.kind = kind
+        self.name = name
+        self.state = IDLE
+        self.holders: dict[Subscription, None] = {}
+        # Owners of the non-promise holders, rebuilt lazily after a change.
+        self.snapshot: tuple[Any, ...] | None = ()
+        self.promise_holders: tuple[Subscription, ...] = ()
+        # Send alone: this name was in a batch that Redis refused as a whole.
+        self.solo = False
+
+    def refresh(self) -> tuple[Any, ...]:
+        holders = self.holders
+        self.promise_holders = tuple(s for s in holders if s.kind is SubscriptionKind.PROMISE)
+        if self.promise_holders:
+            snapshot = tuple(s.owner for s in holders if s.kind is not SubscriptionKind.PROMISE)
+        else:
+            snapshot = tuple(s.owner for s in holders)
+        self.snapshot = snapshot
+        return snapshot
+
+
+def _check_seconds(label: str, value: object, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{label} must be a number of seconds, not {type(value).__name__}")
+    if not value >= 0:
+        raise ValueError(f"{label} must be >= 0, got {value!r}")
+    return float(value)
+
+
+def _server_error(reply: Any, password: str | None, *, handshake: bool = False) -> ServerError:
+    """The typed error for an error reply; secrets are scrubbed from its text."""
+    message = str(reply)
+    if password:
+        # Redis does not echo passwords, but a proxy or a future version might.
+        message = message.replace(password, "***")
+    code = message.split(" ", 1)[0] if message else "ERR"
+    # Old servers answer a bad AUTH with "ERR invalid password", newer ones with
+    # "ERR AUTH <password> called without any password configured".
+    if code in _AUTH_ERROR_CODES or (handshake and ("AUTH" in message or "password" in message)):
+        return AuthenticationError(message, code)
+    return ServerError(message, code)
+
+
+class MultiplexerCore:
+    """Sans-I/O Redis Pub/Sub multiplexer. See the module docstring for the driver loop."""
+
+    def __init__(
+        self,
+        *,
+        random: Callable[[], float],
+        protocol: int = 2,
+        username: str | None = None,
+        password: str | None = None,
+        db: int = 0,
+        client_name: str | None = None,
+        health_check_interval: float | None = 30.0,
+        health_check_timeout: float = 10.0,
+        connect_timeout: float | None = 10.0,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 10.0,
+    ) -> None:
+        if protocol not in (2, 3) or isinstance(protocol, bool):
+            raise ValueError(f"protocol must be 2 or 3, got {protocol!r}")
+        if isinstance(db, bool) or not isinstance(db, int) or db < 0:
+            raise ValueError(f"db must be a non-negative int, got {db!r}")
+        if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int):
+            raise TypeError("max_frame_size must be an int")
+        if max_frame_size < 1024:
+            raise ValueError(f"max_frame_size must be >= 1024, got {max_frame_size}")
+        if not callable(random):
+            raise TypeError("random must be a callable returning a float in [0, 1)")
+        self.protocol = protocol
+        self.username = username
+        self._password = password
+        self.db = db
+        self.client_name = client_name
+        interval = _check_seconds("health_check_interval", health_check_interval, allow_none=True)
+        self.health_check_interval = interval or None
+        timeout = _check_seconds("health_check_timeout", health_check_timeout)
+        if not timeout:
+            raise ValueError("health_check_timeout must be > 0")
+        self.health_check_timeout: float = timeout
+        self.connect_timeout = (
+            _check_seconds("connect_timeout", connect_timeout, allow_none=True) or None
+        )
+        self.max_frame_size = max_frame_size
+        self.backoff = Backoff(base=backoff_base, cap=backoff_cap, random=random)
+
+        self.state = ConnectionState.DISCONNECTED
+        self._records: dict[NameKind, dict[bytes, _NameRecord]] = {k: {} for k in NameKind}
+        self._channels = self._records[NameKind.CHANNEL]
+        self._patterns = self._records[NameKind.PATTERN]
+        self._shards = self._records[NameKind.SHARD]
+        self._subscriptions: dict[Subscription, None] = {}
+        self._dirty: dict[_NameRecord, None] = {}
+        self._out = bytearray()
+        self._expected: deque[_Expected] = deque()
+        self._handshake_pending = 0
+        self._reader: FrameReader | None = None
+        self._frame_type: type = PushFrame if protocol == 3 else list
+        self._held: list[Event] = []
+        # Timers (absolute times in the driver's clock).
+        self._last_received = 0.0
+        self._ping_sent_at: float | None = None
+        self._handshake_deadline: float | None = None
+        self._stable_at: float | None = None
+        self._promise_heap: list[tuple[float, int, Promise]] = []
+        self._promise_seq = 0
+        self._publish_seq = 0
+        # Counters for statistics().
+        self.connections_made = 0
+        self.connections_lost = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<MultiplexerCore {self.state.value} protocol={self.protocol} "
+            f"subscriptions={len(self._subscriptions)}>"
+        )
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def open_subscription(self, kind: SubscriptionKind, owner: Any = None) -> Subscription:
+        """A new, empty channel, pattern or shard subscription."""
+        self._check_open()
+        if kind is SubscriptionKind.PROMISE:
+            raise ValueError("use open_promise_subscription() for promise subscriptions")
+        sub = Subscription(kind, owner)
+        self._subscriptions[sub] = None
+        return sub
+
+    def open_pattern_subscription(
+        self, pattern: object, owner: Any = None
+    ) -> tuple[Subscription, list[Event]]:
+        """A pattern subscription holding ``pattern`` from the start."""
+        name = coerce_name(pattern, "pattern")
+        sub = self.open_subscription(SubscriptionKind.PATTERN, owner)
+        return sub, self._add(sub, [name])
+
+    def open_promise_subscription(
+        self, prefix: object, owner: Any = None
+    ) -> tuple[Subscription, list[Event]]:
+        """A promise subscription: one PSUBSCRIBE on ``prefix`` (escaped) followed by ``*``."""
+        raw = coerce_name(prefix, "prefix")
+        self._check_open()
+        sub = Subscription(SubscriptionKind.PROMISE, owner)
+        sub.prefix = raw
+        sub.pattern = escape_glob(raw) + b"*"
+        self._subscriptions[sub] = None
+        return sub, self._add(sub, [sub.pattern])
+
+    def add(self, sub: Subscription, names: Iterable[object]) -> list[Event]:
+        """Add names to a channel or shard subscription.
+
+        Returns the activations of names that were already active.
+        """
+        self._check_sub(sub)
+        if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
+            raise TypeError(f"a {sub.kind.value} subscription has a fixed name")
+        return self._add(sub, coerce_names(names, "channel"))
+
+    def remove(self, sub: Subscription, names: Iterable[object]) -> None:
+        """Remove names from a channel or shard subscription (names it lacks are ignored)."""
+        self._check_sub(sub)
+        if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
+            raise TypeError(f"a {sub.kind.value} subscription has a fixed name")
+        self._remove(sub, coerce_names(names, "channel"))
+
+    def clear(self, sub: Subscription) -> None:
+        """Remove every name of a channel or shard subscription."""
+        self._check_sub(sub)
+        self._remove(sub, list(sub.names))
+
+    def close_subscription(self, sub: Subscription) -> list[Event]:
+        """Close a subscription: drop its names, fail its promises. Closing twice is fine."""
+        if sub.closed:
+            return []
+        self._remove(sub, list(sub.names))
+        sub.closed = True
+        self._subscriptions.pop(sub, None)
+        return self._fail_promises(sub, SubscriptionClosed("the subscription was closed"))
+
+    def is_active(self, sub: Subscription, name: bytes) -> bool:
+        """True if ``sub`` holds ``name`` and Redis has confirmed it on this connection."""
+        if name not in sub.names:
+            return False
+        record = self._records[sub.kind.name_kind].get(name)
+        return record is not None and record.state is ACTIVE
+
+    def _add(self, sub: Subscription, names: list[bytes]) -> list[Event]:
+        records = self._records[sub.kind.name_kind]
+        events: list[Event] = []
+        for name in names:
+            if name in sub.names:
+                continue
+            record = records.get(name)
+            if record is None:
+                record = records[name] = _NameRecord(sub.kind.name_kind, name)
+            if not record.holders:
+                self._dirty[record] = None
+            record.holders[sub] = None
+            record.snapshot = None
+            sub.names[name] = None
+            if record.state is ACTIVE:
+                events.append(NameActivated(sub.owner, name))
+        return events
+
+    def _remove(self, sub: Subscription, names: list[bytes]) -> None:
+        records = self._records[sub.kind.name_kind]
+        for name in names:
+            if name not in sub.names:
+                continue
+            del sub.names[name]
+            record = records[name]
+            del record.holders[sub]
+            record.snapshot = None
+            if not record.holders:
+                self._dirty[record] = None
+
+    def _check_open(self) -> None:
+        if self.state is ConnectionState.CLOSED:
+            raise SubscriptionClosed("the multiplexer is closed")
+
+    def _check_sub(self, sub: Subscription) -> None:
+        if sub.closed:
+            raise SubscriptionClosed("the subscription is closed")
+
+    # ------------------------------------------------------------------ promises
+
+    def new_promise(
+        self, sub: Subscription, suffix: object, timeout: float, now: float, owner: Any = None
+    ) -> Promise:
+        """A promise of the next message on ``prefix + suffix``, expiring ``timeout`` s from now.
+
+        Raises :class:`InactiveSubscription` unless the subscription's pattern is active.
+        """
+        if sub.kind is not SubscriptionKind.PROMISE:
+            raise TypeError("new_promise() needs a promise subscription")
+        self._check_sub(sub)
+        if isinstance(suffix, str):
+            suffix_bytes = suffix.encode("utf-8")
+        elif isinstance(suffix, bytes):
+            suffix_bytes = bytes(suffix)
+        else:
+            raise TypeError(f"a suffix must be str or bytes, not {type(suffix).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        if not self.is_active(sub, sub.pattern):
+            raise InactiveSubscription("the promise subscription is not active")
+        channel = sub.prefix + suffix_bytes
+        promise = Promise(sub, channel, now + timeout, owner)
+        sub.promises.setdefault(channel, []).append(promise)
+        self._promise_seq += 1
+        heapq.heappush(self._promise_heap, (promise.deadline, self._promise_seq, promise))
+        return promise
+
+    def _fulfil(self, sub: Subscription, channel: bytes, data: bytes, events: list[Event]) -> None:
+        for promise in sub.promises.pop(channel, ()):
+            promise.settled = True
+            events.append(PromiseFulfilled(promise.owner, data))
+
+    def _fail_promises(self, sub: Subscription, error: RedisMPXError) -> list[Event]:
+        events: list[Event] = []
+        for promises in sub.promises.values():
+            for promise in promises:
+                promise.settled = True
+                events.append(PromiseFailed(promise.owner, error))
+        sub.promises.clear()
+        return events
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, channel: object, data: bytes, *, sharded: bool = False) -> int:
+        """Queue a PUBLISH (or SPUBLISH); returns the token its reply event will carry.
+
+        Under RESP2 Redis refuses PUBLISH on a connection with subscriptions (the
+        reply is then a :class:`PublishFailed`): drivers publish through a second
+        core that holds no subscriptions.
+        """
+        name = coerce_name(channel, "channel")
+        if not isinstance(data, bytes):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        if self.state not in (ConnectionState.HANDSHAKING, ConnectionState.READY):
+            raise ConnectionLost("not connected")
+        self._publish_seq += 1
+        self._out += pack_command(b"SPUBLISH" if sharded else b"PUBLISH", name, data)
+        self._expected.append(_Expected(_PUBLISH, token=self._publish_seq))
+        return self._publish_seq
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def connection_made(self, now: float) -> list[Event]:
+        """A new connection is open: queue the handshake, then every wanted name."""
+        if self.state is not ConnectionState.DISCONNECTED:
+            raise RuntimeError(f"connection_made() while {self.state.value}")
+        self.state = ConnectionState.HANDSHAKING
+        self.connections_made += 1
+        self._reader = FrameReader(self.max_frame_size)
+        self._last_received = now
+        self._ping_sent_at = None
+        self._stable_at = None
+        timeout = self.connect_timeout
+        self._handshake_deadline = None if timeout is None else now + timeout
+        for command in self._handshake_commands():
+            self._out += command
+            self._expected.append(_Expected(_HANDSHAKE))
+            self._handshake_pending += 1
+        for records in self._records.values():
+            for record in records.values():
+                if record.holders:
+                    self._dirty[record] = None
+        if not self._handshake_pending:
+            return self._handshake_completed(now)
+        return []
+
+    def _handshake_commands(self) -> list[bytes]:
+        commands: list[bytes] = []
+        if self.protocol == 3:
+            hello: list[bytes | str | int] = [b"HELLO", b"3"]
+            if self._password is not None:
+                hello += [b"AUTH", self.username or "default", self._password]
+            if self.client_name:
+                hello += [b"SETNAME", self.client_name]
+            commands.append(pack_command(*hello))
+        elif self._password is not None:
+            if self.username:
+                commands.append(pack_command(b"AUTH", self.username, self._password))
+            else:
+                commands.append(pack_command(b"AUTH", self._password))
+        if self.db:
+            commands.append(pack_command(b"SELECT", self.db))
+        if self.client_name and self.protocol == 2:
+            commands.append(pack_command(b"CLIENT", b"SETNAME", self.client_name))
+        return commands
+
+    def _handshake_completed(self, now: float) -> list[Event]:
+        self.state = ConnectionState.READY
+        self._handshake_deadline = None
+        # The backoff forgets past failures only once a connection has stayed up for
+        # a full cap: a server that accepts and drops at once still sees a slow rate.
+        self._stable_at = now + self.backoff.cap
+        for sub in self._subscriptions:
+            sub.told = False
+        return [ConnectionEstablished()]
+
+    def connection_lost(self, error: RedisMPXError) -> list[Event]:
+        """The connection is gone (or never came up): reset every name, tell subscribers.
+
+        Callable in any state but CLOSED, including after a failed connection attempt.
+        Returns, first, the events of the input that raised (if one did).
+        """
+        events, self._held = self._held, []
+        if self.state is ConnectionState.CLOSED:
+            return events
+        if self.state is not ConnectionState.DISCONNECTED:
+            self.connections_lost += 1
+        self.state = ConnectionState.DISCONNECTED
+        self._reader = None
+        self._out.clear()
+        self._handshake_pending = 0
+        self._ping_sent_at = None
+        self._handshake_deadline = None
+        self._stable_at = None
+        for expected in self._expected:
+            if expected.label is _PUBLISH:
+                lost = error if isinstance(error, ServerError | ConnectionLost) else ConnectionLost(
+                    str(error)
+                )
+                events.append(PublishFailed(expected.token, lost))
+        self._expected.clear()
+        self._dirty.clear()
+        for records in self._records.values():
+            for name in [n for n, r in records.items() if not r.holders]:
+                del records[name]
+            for record in records.values():
+                record.state = IDLE
+                record.solo = False
+        interrupted = PromiseInterrupted(f"connection lost: {error}")
+        for sub in self._subscriptions:
+            if sub.names and not sub.told:
+                sub.told = True
+                events.append(SubscriptionDisconnected(sub.owner, error))
+            if sub.promises:
+                events += self._fail_promises(sub, interrupted)
+        return events
+
+    def close(self) -> list[Event]:
+        """Close the multiplexer: every subscription closes and every promise fails.
+
+        The driver then closes the socket; Redis drops the subscriptions with it.
+        """
+        if self.state is ConnectionState.CLOSED:
+            return []
+        events, self._held = self._held, []
+        closed = SubscriptionClosed("the multiplexer was closed")
+        for sub in list(self._subscriptions):
+            self._remove(sub, list(sub.names))
+            sub.closed = True
+            events += self._fail_promises(sub, closed)
+        for expected in self._expected:
+            if expected.label is _PUBLISH:
+                events.append(PublishFailed(expected.token, ConnectionLost("multiplexer closed")))
+        self._subscriptions.clear()
+        self._expected.clear()
+        self._dirty.clear()
+        for records in self._records.values():
+            records.clear()
+        self._out.clear()
+        self._promise_heap.clear()
+        self._reader = None
+        self.state = ConnectionState.CLOSED
+        return events
+
+    def next_reconnect_delay(self) -> float:
+        """Seconds to wait before the next connection attempt (counts an attempt)."""
+        return self.backoff.next_delay()
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which :meth:`handle_timeout` has work, or ``None``."""
+        candidates: list[float] = []
+        heap = self._promise_heap
+        while heap and heap[0][2].settled:
+            heapq.heappop(heap)
+        if heap:
+            candidates.append(heap[0][0])
+        if self.state is ConnectionState.HANDSHAKING or self.state is ConnectionState.READY:
+            if self._handshake_deadline is not None:
+                candidates.append(self._handshake_deadline)
+            if self._stable_at is not None:
+                candidates.append(self._stable_at)
+            if self._ping_sent_at is not None:
+                candidates.append(self._ping_sent_at + self.health_check_timeout)
+            elif self.health_check_interval is not None:
+                candidates.append(self._last_received + self.health_check_interval)
+        return min(candidates) if candidates else None
+
+    def handle_timeout(self, now: float) -> list[Event]:
+        """Expire promises, send a health-check PING, or declare the connection dead.
+
+        Raises :class:`HealthCheckTimeout` (or :class:`ConnectionLost` for a handshake
+        that took longer than ``connect_timeout``); the events produced first are
+        then returned by :meth:`connection_lost`.
+        """
+        events: list[Event] = []
+        heap = self._promise_heap
+        while heap and heap[0][0] <= now:
+            _, _, promise = heapq.heappop(heap)
+            if promise.settled:
+                continue
+            promise.settled = True
+            pending = promise.subscription.promises.get(promise.channel)
+            if pending is not None:
+                pending.remove(promise)
+                if not pending:
+                    del promise.subscription.promises[promise.channel]
+            events.append(PromiseExpired(promise.owner))
+        if self.state is ConnectionState.HANDSHAKING or self.state is ConnectionState.READY:
+            if self._handshake_deadline is not None and now >= self._handshake_deadline:
+                self._break(events)
+                raise ConnectionLost("the handshake did not complete within connect_timeout")
+            if self._stable_at is not None and now >= self._stable_at:
+                self._stable_at = None
+                self.backoff.reset()
+            if self._ping_sent_at is not None:
+                if now >= self._ping_sent_at + self.health_check_timeout:
+                    self._break(events)
+                    raise HealthCheckTimeout(
+                        f"no reply to PING within {self.health_check_timeout:g} s"
+                    )
+            elif (
+                self.health_check_interval is not None
+                and now >= self._last_received + self.health_check_interval
+            ):
+                self._ping_sent_at = now
+                self._out += b"*1\r\n$4\r\nPING\r\n"
+                self._expected.append(_Expected(_PING))
+        return events
+
+    def _break(self, events: list[Event]) -> None:
+        self.state = ConnectionState.BROKEN
+        self._held = events
+
+    # ------------------------------------------------------------------ output
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write now: queued commands plus the subscription changes since last time."""
+        if self._dirty and (
+            self.state is ConnectionState.READY or self.state is ConnectionState.HANDSHAKING
+        ):
+            self._flush_names()
+        if not self._out:
+            return b""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def wants_write(self) -> bool:
+        """True if :meth:`data_to_send` would return bytes (cheap; for waking a writer)."""
+        return bool(self._out) or (
+            bool(self._dirty)
+            and (self.state is ConnectionState.READY or self.state is ConnectionState.HANDSHAKING)
+        )
+
+    def _flush_names(self) -> None:
+        batches: dict[tuple[NameKind, Command], list[bytes]] = {}
+        solos: list[tuple[NameKind, Command, bytes]] = []
+        for record in self._dirty:
+            wanted = bool(record.holders)
+            action = _state.FLUSH_ACTIONS.get((record.state, wanted))
+            if action is None:
+                if record.state is IDLE and not wanted:
+                    del self._records[record.kind][record.name]
+                continue
+            command, record.state = action
+            if record.solo:
+                record.solo = False
+                solos.append((record.kind, command, record.name))
+            else:
+                batches.setdefault((record.kind, command), []).append(record.name)
+        self._dirty.clear()
+        for (kind, command), names in batches.items():
+            for start in range(0, len(names), MAX_NAMES_PER_COMMAND):
+                self._send(kind, command, names[start : start + MAX_NAMES_PER_COMMAND])
+        for kind, command, name in solos:
+            self._send(kind, command, [name])
+
+    def _send(self, kind: NameKind, command: Command, names: list[bytes]) -> None:
+        self._out += pack_command(_COMMAND_NAMES[kind, command], *names)
+        self._expected.append(_Expected("names", kind=kind, command=command, names=names))
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Feed bytes read from the socket; returns the events they complete.
+
+        Raises :class:`ProtocolError` for malformed or out-of-turn replies and
+        :class:`ServerError` / :class:`AuthenticationError` when the handshake is
+        refused: the connection is then unusable (call :meth:`connection_lost`).
+        """
+        if self.state is not ConnectionState.READY and self.state is not (
+            ConnectionState.HANDSHAKING
+        ):
+            raise RuntimeError(f"receive_data() while {self.state.value}")
+        reader = self._reader
+        assert reader is not None
+        self._last_received = now
+        self._ping_sent_at = None
+        reader.feed(data)
+        events: list[Event] = []
+        gets = reader.gets
+        frame_type: Any = self._frame_type  # Any: mypy would narrow frames to `object`
+        channels = self._channels
+        completed = False
+        # The run: consecutive messages of one channel (and pattern) extend the last
+        # MessagesReceived instead of making one event each. ``run`` says which frame
+        # kind the open run takes (0: none); anything else that happens closes it.
+        run = 0
+        run_channel = run_pattern = b""
+        run_append: Callable[[bytes], None] = events.append  # type: ignore[assignment]
+        try:
+            while True:
+                frame: Any = gets()
+                if frame is NOT_ENOUGH_DATA:
+                    break
+                completed = True
+                if frame.__class__ is frame_type:
+                    kind = frame[0]
+                    if kind == b"message":
+                        channel = frame[1]
+                        payload = frame[2]
+                        if payload.__class__ is not bytes or len(frame) != 3:
+                            raise ProtocolError("a message frame of the wrong shape")
+                        if run == 1 and channel == run_channel:
+                            run_append(payload)
+                            continue
+                        run = 0
+                        record = channels.get(channel)
+                        if record is not None and record.state is ACTIVE:
+                            payloads = self._deliver(record, channel, None, payload, events)
+                            if payloads is not None:
+                                run, run_channel, run_append = 1, channel, payloads.append
+                        continue
+                    if kind == b"pmessage":
+                        pattern = frame[1]
+                        channel = frame[2]
+                        payload = frame[3]
+                        if payload.__class__ is not bytes or channel.__class__ is not bytes:
+                            raise ProtocolError("a pmessage frame of the wrong shape")
+                        if run == 3 and channel == run_channel and pattern == run_pattern:
+                            run_append(payload)
+                            continue
+                        run = 0
+                        record = self._patterns.get(pattern)
+                        if record is not None and record.state is ACTIVE:
+                            payloads = self._deliver(record, channel, pattern, payload, events)
+                            if payloads is not None:
+                                run, run_channel, run_pattern = 3, channel, pattern
+                                run_append = payloads.append
+                        continue
+                    if kind == b"smessage":
+                        channel = frame[1]
+                        payload = frame[2]
+                        if payload.__class__ is not bytes or len(frame) != 3:
+                            raise ProtocolError("an smessage frame of the wrong shape")
+                        if run == 2 and channel == run_channel:
+                            run_append(payload)
+                            continue
+                        run = 0
+                        record = self._shards.get(channel)
+                        if record is not None and record.state is ACTIVE:
+                            payloads = self._deliver(record, channel, None, payload, events)
+                            if payloads is not None:
+                                run, run_channel, run_append = 2, channel, payloads.append
+                        continue
+                    run = 0
+                    confirmation = _CONFIRMATION_KINDS.get(kind)
+                    if confirmation is not None:
+                        self._confirm(confirmation[0], confirmation[1], frame, events)
+                        continue
+                    if frame_type is PushFrame:
+                        continue  # another RESP3 push (invalidate, ...): not ours to handle
+                run = 0
+                self._reply(frame, events, now)
+            if reader.exceeds_bound(completed, len(data)):
+                raise ProtocolError(
+                    f"a reply exceeds max_frame_size ({self.max_frame_size} bytes)"
+                )
+        except ParseError as exc:
+            self._break(events)
+            raise ProtocolError(f"malformed reply from the server: {exc}") from None
+        except RedisMPXError:
+            self._break(events)
+            raise
+        except (IndexError, TypeError, KeyError, AttributeError, ValueError):
+            self._break(events)
+            raise ProtocolError("a Pub/Sub frame of the wrong shape") from None
+        return events
+
+    def _deliver(
+        self,
+        record: _NameRecord,
+        channel: bytes,
+        pattern: bytes | None,
+        payload: bytes,
+        events: list[Event],
+    ) -> list[bytes] | None:
+        """Start a delivery event; returns its payload list if later messages may join it."""
+        subscribers = record.snapshot
+        if subscribers is None:
+            subscribers = record.refresh()
+        payloads = None
+        if subscribers:
+            payloads = [payload]
+            events.append(MessagesReceived(subscribers, channel, pattern, payloads))
+        if record.promise_holders:
+            for sub in record.promise_holders:
+                if channel in sub.promises:
+                    self._fulfil(sub, channel, payload, events)
+            return None  # promise fulfilments must stay in order with the messages
+        return payloads
+
+    def _confirm(self, kind: NameKind, reply: Reply, frame: Any, events: list[Event]) -> None:
+        name = frame[1]
+        if len(frame) != 3 or name.__class__ is not bytes:
+            raise ProtocolError("a subscription confirmation of the wrong shape")
+        expected = self._expected[0] if self._expected else None
+        command = (
+            Command.SUBSCRIBE if reply is Reply.SUBSCRIBE_CONFIRMED else Command.UNSUBSCRIBE
+        )
+        record = self._records[kind].get(name)
+        if (
+            expected is None
+            or expected.kind is not kind
+            or expected.command is not command
+            or expected.names[expected.index] != name
+        ):
+            if (
+                kind is NameKind.SHARD
+                and command is Command.UNSUBSCRIBE
+                and record is not None
+                and record.state in _state.ON_SERVER_UNSUBSCRIBE
+            ):
+                # Redis Cluster moved the slot away: subscribe again (on the new owner).
+                record.state = _state.ON_SERVER_UNSUBSCRIBE[record.state]
+                self._dirty[record] = None
+                return
+            raise ProtocolError(
+                f"unexpected {frame[0].decode(errors='replace')} confirmation from the server"
+            )
+        expected.index += 1
+        if expected.index == len(expected.names):
+            self._expected.popleft()
+        if record is None:
+            raise ProtocolError("confirmation for a name the core does not track")
+        next_state = _state.CONFIRMATIONS.get((record.state, reply))
+        if next_state is None:
+            raise ProtocolError(
+                f"{reply.value} while the name is {record.state.value}"
+            )
+        self._enter(record, next_state, events)
+
+    def _enter(self, record: _NameRecord, state: NameState, events: list[Event]) -> None:
+        record.state = state
+        wanted = bool(record.holders)
+        if state is ACTIVE and wanted:
+            name = record.name
+            for sub in record.holders:
+                events.append(NameActivated(sub.owner, name))
+        if (state, wanted) in _state.FLUSH_ACTIONS:
+            self._dirty[record] = None
+        elif state is IDLE and not wanted:
+            del self._records[record.kind][record.name]
+
+    def _reply(self, frame: Any, events: list[Event], now: float) -> None:
+        """A reply that is not a Pub/Sub push: match it with the oldest command in flight."""
+        is_error = frame.__class__ is ReplyError
+        if not self._expected:
+            if is_error:  # e.g. "-ERR max number of clients reached", sent on accept
+                raise _server_error(frame, self._password)
+            raise ProtocolError("a reply the core did not ask for")
+        expected = self._expected[0]
+        label = expected.label
+        if label == "names":
+            if not is_error:
+                raise ProtocolError("a plain reply where a subscription confirmation was due")
+            self._expected.popleft()
+            self._refused(expected, _server_error(frame, self._password), events)
+            return
+        self._expected.popleft()
+        if label is _PUBLISH:
+            if is_error:
+                events.append(PublishFailed(expected.token, _server_error(frame, self._password)))
+            elif isinstance(frame, int):
+                events.append(PublishCompleted(expected.token, frame))
+            else:
+                raise ProtocolError("PUBLISH answered with something other than an integer")
+            return
+        if is_error:
+            raise _server_error(frame, self._password, handshake=label is _HANDSHAKE)
+        if label is _HANDSHAKE:
+            self._handshake_pending -= 1
+            if not self._handshake_pending:
+                events += self._handshake_completed(now)
+        # A PING reply needs nothing more: any data already proved the server alive.
+
+    def _refused(self, expected: _Expected, error: ServerError, events: list[Event]) -> None:
+        """Redis answered a SUBSCRIBE-family command with an error reply."""
+        message = str(error)
+        if (
+            expected.command is not Command.SUBSCRIBE
+            or expected.index
+            or error.code in _CONNECTION_ERROR_CODES
+            or message.startswith("ERR max number of clients")
+        ):
+            raise error
+        assert expected.kind is not None
+        records = self._records[expected.kind]
+        if len(expected.names) > 1:
+            # ACLs refuse a whole command for one forbidden name: retry each name
+            # alone, so that only the forbidden one is dropped.
+            for name in expected.names:
+                record = records[name]
+                record.solo = True
+                self._enter(record, _state.REJECTIONS[record.state], events)
+            return
+        name = expected.names[0]
+        record = records[name]
+        for sub in record.holders:
+            del sub.names[name]
+            events.append(NameRejected(sub.owner, name, error))
+        record.holders.clear()
+        record.snapshot = None
+        self._enter(record, _state.REJECTIONS[record.state], events)

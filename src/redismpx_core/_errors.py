@@ -1,0 +1,70 @@
+"""The one exception hierarchy of redismpx.
+
+Every error the library raises on purpose derives from :class:`RedisMPXError`,
+except promise expiry, which raises the builtin :class:`TimeoutError` so that
+``except TimeoutError`` works the way it does for any other deadline.
+Drivers re-export these names; they map their I/O library's exceptions to
+:class:`ConnectionLost` at exactly one boundary.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "AuthenticationError",
+    "ConnectionLost",
+    "HealthCheckTimeout",
+    "InactiveSubscription",
+    "PromiseInterrupted",
+    "ProtocolError",
+    "RedisMPXError",
+    "ServerError",
+    "SubscriptionClosed",
+)
+
+
+class RedisMPXError(Exception):
+    """Root of every redismpx error."""
+
+
+class InactiveSubscription(RedisMPXError):
+    """The subscription is not active yet (or no longer), so it cannot do this now."""
+
+
+class SubscriptionClosed(RedisMPXError):
+    """The subscription (or the multiplexer owning it) has been closed."""
+
+
+class PromiseInterrupted(RedisMPXError):
+    """The connection was lost before the promise was fulfilled."""
+
+
+class ConnectionLost(RedisMPXError):
+    """The connection to Redis ended or became unusable."""
+
+
+class HealthCheckTimeout(ConnectionLost):
+    """A health-check PING got no answer within its deadline."""
+
+
+class ProtocolError(ConnectionLost):
+    """The server sent bytes that are not valid RESP, or replies out of turn.
+
+    The connection cannot be trusted after this; drivers close it and reconnect.
+    """
+
+
+class ServerError(RedisMPXError):
+    """Redis answered with an error reply.
+
+    ``code`` is the first word of the reply (``"ERR"``, ``"NOPERM"``, ``"WRONGPASS"``...).
+    """
+
+    code: str
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code if code is not None else (message.split(" ", 1)[0] if message else "ERR")
+
+
+class AuthenticationError(ServerError):
+    """The handshake was refused: wrong password, unknown user, or no password configured."""

@@ -1,0 +1,46 @@
+"""Validation of the names users give us (channels, patterns, prefixes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ("coerce_name", "coerce_names", "escape_glob")
+
+
+def coerce_name(name: object, what: str = "name") -> bytes:
+    """Return *name* as bytes: ``str`` is encoded as UTF-8, ``bytes`` kept as is.
+
+    Raises :class:`TypeError` for any other type and :class:`ValueError` for an empty name.
+    """
+    if isinstance(name, bytes):
+        encoded = bytes(name)
+    elif isinstance(name, str):
+        encoded = name.encode("utf-8")
+    else:
+        raise TypeError(f"a {what} must be str or bytes, not {type(name).__name__}")
+    if not encoded:
+        raise ValueError(f"a {what} must not be empty")
+    return encoded
+
+
+def coerce_names(names: Iterable[object], what: str = "name") -> list[bytes]:
+    """Coerce every name first, so that a bad one leaves nothing half-changed.
+
+    Duplicates are dropped, keeping the first occurrence's order.
+    """
+    return list(dict.fromkeys(coerce_name(n, what) for n in names))
+
+
+_GLOB_SPECIALS = frozenset(b"*?[]\\")
+
+
+def escape_glob(prefix: bytes) -> bytes:
+    """Escape Redis glob characters so that *prefix* matches itself literally."""
+    if not _GLOB_SPECIALS.intersection(prefix):
+        return prefix
+    out = bytearray()
+    for byte in prefix:
+        if byte in _GLOB_SPECIALS:
+            out.append(0x5C)  # backslash
+        out.append(byte)
+    return bytes(out)

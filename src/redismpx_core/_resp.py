@@ -1,0 +1,71 @@
+"""RESP2/RESP3 framing: the only module that imports hiredis.
+
+hiredis parses; this module bounds what a hostile server can make us hold.
+Error replies come back from ``gets()`` as :data:`ReplyError` *objects* (hiredis
+returns them rather than raising), and RESP3 push frames as :data:`PushFrame`
+lists. Malformed input raises :data:`ParseError`, which the core turns into its
+own :class:`~redismpx_core.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+import hiredis
+
+__all__ = (
+    "NOT_ENOUGH_DATA",
+    "FrameReader",
+    "ParseError",
+    "PushFrame",
+    "ReplyError",
+    "pack_command",
+)
+
+#: Returned by ``gets()`` when no complete frame is buffered. A unique object:
+#: ``False``, ``0`` and ``None`` are all valid replies.
+NOT_ENOUGH_DATA: Final = object()
+
+PushFrame: Final = hiredis.PushNotification
+ReplyError: Final = hiredis.ReplyError
+ParseError: Final = hiredis.ProtocolError
+
+
+def pack_command(*args: bytes | str | int) -> bytes:
+    """Encode one command as a RESP array of bulk strings."""
+    # hiredis' stub types the argument as a 1-tuple; it takes any number of items.
+    return cast(bytes, hiredis.pack_command(args))  # type: ignore[arg-type]
+
+
+class FrameReader:
+    """A hiredis Reader with a bound on the bytes of one incomplete frame.
+
+    hiredis has no limit of its own: a server announcing a bulk string of 2**40
+    bytes would have us buffer whatever it sends. We count the bytes fed since
+    the last complete frame; when a frame completes we cannot tell how much of the
+    chunk it used, so we count the whole chunk, which overestimates by at most one
+    chunk. Past ``max_frame_size`` the stream is rejected.
+
+    After a :data:`ParseError` this reader is broken for good (hiredis keeps its
+    error state): make a new one per connection.
+    """
+
+    __slots__ = ("_partial", "_reader", "gets", "max_frame_size")
+
+    def __init__(self, max_frame_size: int) -> None:
+        self.max_frame_size = max_frame_size
+        self._reader = hiredis.Reader(notEnoughData=NOT_ENOUGH_DATA)
+        self._partial = 0
+        #: hiredis' own bound method: the hot loop calls it once per frame.
+        self.gets: Callable[[], Any] = self._reader.gets
+
+    def feed(self, data: bytes) -> None:
+        self._reader.feed(data)
+        self._partial += len(data)
+
+    def exceeds_bound(self, completed_frames: bool, chunk_size: int) -> bool:
+        """Account for one drained chunk; true if the incomplete frame is too big."""
+        if completed_frames:
+            self._partial = chunk_size
+        return self._partial > self.max_frame_size

@@ -1,0 +1,121 @@
+"""Per-name subscription state: every transition lives here, as data.
+
+Theory of operation
+===================
+
+Users change what they *want* (a reference count per name: how many
+subscriptions hold it); the server changes what *is* (whether the connection is
+subscribed to the name). The core keeps one record per name it has ever had to
+act on, and each record is in one :class:`NameState`. The state says what the
+server has confirmed and which commands are in flight for that name:
+
+    IDLE           not subscribed, nothing in flight (the record is dropped)
+    SUBSCRIBING    SUBSCRIBE sent, not yet confirmed
+    ACTIVE         confirmed; nothing in flight
+    UNSUBSCRIBING  UNSUBSCRIBE sent, not yet confirmed
+    CANCELLING     SUBSCRIBE then UNSUBSCRIBE in flight (removed before confirmed)
+    RESUBSCRIBING  UNSUBSCRIBE then SUBSCRIBE in flight (re-added while leaving)
+
+Redis answers a connection's commands in order, one confirmation per name, so
+each confirmation moves exactly one record one step (:data:`CONFIRMATIONS`).
+At most two commands are ever in flight for a name: a change of mind while two
+are in flight waits for the next confirmation, which re-runs the flush decision.
+
+The *flush decision* (:data:`FLUSH_ACTIONS`) runs when the driver asks for bytes
+to write: for every record touched since the last write it compares the wish
+with the state and sends SUBSCRIBE, UNSUBSCRIBE or nothing. Because it runs at
+write time, an add and a remove of the same name between two writes cancel out
+and never reach the wire, and all the names that need the same command travel
+together in one command.
+
+Messages are delivered only in ACTIVE. A subscription holding the name is
+*activated* when the record enters ACTIVE while wanted, or at once when it
+takes a name that already is ACTIVE; so in ACTIVE every holder is activated,
+and outside it none is. A connection loss sends every record to IDLE (the
+server forgot us); wanted names are subscribed again on the next connection.
+
+Confirmations that match no record's state, or that arrive out of order, mean
+we no longer understand the server: that is a protocol error, and the
+connection is dropped and rebuilt rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+__all__ = (
+    "CONFIRMATIONS",
+    "FLUSH_ACTIONS",
+    "REJECTIONS",
+    "Command",
+    "NameKind",
+    "NameState",
+    "Reply",
+)
+
+
+class NameKind(enum.Enum):
+    """The three name spaces of Redis Pub/Sub, each with its own command family."""
+
+    CHANNEL = "channel"
+    PATTERN = "pattern"
+    SHARD = "shard"
+
+
+class NameState(enum.Enum):
+    IDLE = "idle"
+    SUBSCRIBING = "subscribing"
+    ACTIVE = "active"
+    UNSUBSCRIBING = "unsubscribing"
+    CANCELLING = "cancelling"
+    RESUBSCRIBING = "resubscribing"
+
+
+class Command(enum.Enum):
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+
+
+class Reply(enum.Enum):
+    SUBSCRIBE_CONFIRMED = "subscribe confirmed"
+    UNSUBSCRIBE_CONFIRMED = "unsubscribe confirmed"
+
+
+IDLE: Final = NameState.IDLE
+SUBSCRIBING: Final = NameState.SUBSCRIBING
+ACTIVE: Final = NameState.ACTIVE
+UNSUBSCRIBING: Final = NameState.UNSUBSCRIBING
+CANCELLING: Final = NameState.CANCELLING
+RESUBSCRIBING: Final = NameState.RESUBSCRIBING
+
+#: (state, wanted) -> (command to send, next state). Pairs not listed send nothing.
+FLUSH_ACTIONS: Final[dict[tuple[NameState, bool], tuple[Command, NameState]]] = {
+    (IDLE, True): (Command.SUBSCRIBE, SUBSCRIBING),
+    (UNSUBSCRIBING, True): (Command.SUBSCRIBE, RESUBSCRIBING),
+    (ACTIVE, False): (Command.UNSUBSCRIBE, UNSUBSCRIBING),
+    (SUBSCRIBING, False): (Command.UNSUBSCRIBE, CANCELLING),
+}
+
+#: (state, confirmation) -> next state. A pair not listed is a protocol error.
+CONFIRMATIONS: Final[dict[tuple[NameState, Reply], NameState]] = {
+    (SUBSCRIBING, Reply.SUBSCRIBE_CONFIRMED): ACTIVE,
+    (CANCELLING, Reply.SUBSCRIBE_CONFIRMED): UNSUBSCRIBING,
+    (UNSUBSCRIBING, Reply.UNSUBSCRIBE_CONFIRMED): IDLE,
+    (RESUBSCRIBING, Reply.UNSUBSCRIBE_CONFIRMED): SUBSCRIBING,
+}
+
+#: state -> next state when the SUBSCRIBE in flight is refused with an error reply
+#: (NOPERM under ACLs, for one). The name is dropped from its holders.
+REJECTIONS: Final[dict[NameState, NameState]] = {
+    SUBSCRIBING: IDLE,
+    CANCELLING: UNSUBSCRIBING,
+}
+
+#: Every state goes to IDLE when the connection is lost; listed for completeness
+#: (and for the property tests, which check the table covers every state).
+ON_CONNECTION_LOST: Final[dict[NameState, NameState]] = {state: IDLE for state in NameState}
+
+#: A server-initiated unsubscribe (Redis Cluster, after a slot migration, sends
+#: SUNSUBSCRIBE on its own) is accepted only from ACTIVE.
+ON_SERVER_UNSUBSCRIBE: Final[dict[NameState, NameState]] = {ACTIVE: IDLE}
