@@ -6,7 +6,7 @@ Drivers (``redismpx_anyio``, ``redismpx_trio``, or your own) do the I/O.
 """
 
 from ._backoff import Backoff
-from ._core import DEFAULT_MAX_FRAME_SIZE, MAX_NAMES_PER_COMMAND, ConnectionState, MultiplexerCore
+from ._core import MAX_NAMES_PER_COMMAND, ConnectionState, MultiplexerCore
 from ._errors import (
     AuthenticationError,
     ConnectionLost,
@@ -33,6 +33,7 @@ from ._events import (
 )
 from ._handles import Promise, Subscription, SubscriptionKind
 from ._names import coerce_name, escape_glob
+from ._settings import DEFAULT_MAX_FRAME_SIZE, OverflowPolicy, Settings
 from ._state import NameKind, NameState
 from ._version import __version__
 
@@ -43,6 +44,9 @@ __all__ = (
     "Backoff",
     "DEFAULT_MAX_FRAME_SIZE",
     "MAX_NAMES_PER_COMMAND",
+    # configuration
+    "Settings",
+    "OverflowPolicy",
     # handles
     "Subscription",
     "SubscriptionKind",

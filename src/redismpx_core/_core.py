@@ -56,6 +56,7 @@ from ._events import (
 from ._handles import Promise, Subscription, SubscriptionKind
 from ._names import coerce_name, coerce_names, escape_glob
 from ._resp import NOT_ENOUGH_DATA, FrameReader, ParseError, PushFrame, ReplyError, pack_command
+from ._settings import DEFAULT_MAX_FRAME_SIZE
 from ._state import ACTIVE, IDLE, Command, NameKind, NameState, Reply
 
 __all__ = ("ConnectionState", "MultiplexerCore")
@@ -69,7 +70,6 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-DEFAULT_MAX_FRAME_SIZE: Final = 512 * 1024 * 1024 + 64 * 1024
 #: Names per SUBSCRIBE-family command: large enough that a resubscription of
 #: thousands of names is a handful of commands, small enough that one refused
 #: batch (retried name by name) stays cheap.

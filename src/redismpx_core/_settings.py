@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ssl import SSLContext
 
 __all__ = (
+    "CoreOptions",
     "DEFAULT_PORT",
     "OverflowPolicy",
     "Scheme",
@@ -79,6 +80,22 @@ class SettingsOptions(TypedDict, total=False):
     buffer_size: int
     overflow: OverflowPolicy | str
     max_frame_size: int
+
+
+class CoreOptions(TypedDict):
+    """The keyword arguments of the core state machine: ``MultiplexerCore(**core_options)``."""
+
+    protocol: int
+    username: str | None
+    password: str | None
+    db: int
+    client_name: str | None
+    health_check_interval: float | None
+    health_check_timeout: float
+    connect_timeout: float | None
+    max_frame_size: int
+    backoff_base: float
+    backoff_cap: float
 
 
 _SCHEMES: Final = ("redis", "rediss", "unix")
@@ -347,8 +364,8 @@ class Settings:
             return base
         return base + "?" + "&".join(f"{name}={value}" for name, value in query)
 
-    def core_options(self) -> dict[str, object]:
-        """Keyword arguments for the core state machine's constructor."""
+    def core_options(self) -> CoreOptions:
+        """Keyword arguments for the core state machine's constructor (a plain dict)."""
         return {
             "protocol": self.protocol,
             "username": self.username,

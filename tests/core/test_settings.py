@@ -45,6 +45,14 @@ def raised(url: str, **options: Any) -> BaseException:
     return info.value
 
 
+def outcome(url: str, **options: Any) -> Settings | Exception:
+    """The settings, or the ValueError or TypeError that from_url raised."""
+    try:
+        return from_url(url, **options)
+    except (ValueError, TypeError) as error:
+        return error
+
+
 # ---------------------------------------------------------------------------------- defaults
 
 
@@ -54,12 +62,6 @@ def test_defaults() -> None:
     for name, value in EXPECTED_DEFAULTS.items():
         assert getattr(s, name) == value, name
     assert s.overflow is OverflowPolicy.DROP_OLDEST
-
-
-def test_default_frame_size_matches_the_core() -> None:
-    from redismpx_core import _core
-
-    assert Settings(host="h").max_frame_size == _core.DEFAULT_MAX_FRAME_SIZE
 
 
 def test_settings_are_frozen_and_slotted() -> None:
@@ -240,9 +242,9 @@ def test_options_are_applied(name: str, value: object, stored: object) -> None:
 def test_overflow_is_an_enum_and_a_string() -> None:
     assert [p.value for p in OverflowPolicy] == ["drop-oldest", "drop-newest", "close"]
     s = from_url("redis://h", overflow="close")
-    assert s.overflow is OverflowPolicy.CLOSE
     assert s.overflow == "close"
     assert isinstance(s.overflow, str)
+    assert s.overflow is OverflowPolicy.CLOSE
 
 
 def test_ssl_context_with_rediss() -> None:
@@ -424,7 +426,7 @@ def test_direct_construction_is_validated(
 
 def test_fields_are_keyword_only() -> None:
     with pytest.raises(TypeError):
-        Settings("redis", "h")  # type: ignore[misc]
+        Settings("redis", "h")  # type: ignore[call-arg]
 
 
 # ------------------------------------------------------------------- redaction and export
@@ -455,7 +457,11 @@ def test_repr_hides_a_password_given_as_keyword() -> None:
         ("redis://a%3Ab:pw@h", {}, "redis://a%3Ab:***@h:6379/0"),
         ("rediss://[::1]:7000", {}, "rediss://[::1]:7000/0"),
         ("redis://[fe80::1%25eth0]", {}, "redis://[fe80::1%25eth0]:6379/0"),
-        ("redis://h?client_name=a%26b&protocol=3", {}, "redis://h:6379/0?client_name=a%26b&protocol=3"),
+        (
+            "redis://h?client_name=a%26b&protocol=3",
+            {},
+            "redis://h:6379/0?client_name=a%26b&protocol=3",
+        ),
         ("unix:///tmp/r.sock", {}, "unix:///tmp/r.sock"),
         ("unix://:pw@/tmp/a%20b.sock?db=2", {}, "unix://:***@/tmp/a%20b.sock?db=2"),
     ],
@@ -571,9 +577,8 @@ def test_no_password_in_option_errors(options: dict[str, Any]) -> None:
         kwargs = dict(options)
         if "password" not in kwargs and "alice" not in url:
             kwargs["password"] = SECRET
-        try:
-            from_url(url, **kwargs)
-        except (TypeError, ValueError) as error:
+        error = outcome(url, **kwargs)
+        if isinstance(error, Exception):
             failures += 1
             assert SECRET not in str(error)
             assert SECRET not in repr(error)
@@ -587,7 +592,7 @@ def test_password_of_wrong_type_is_not_shown() -> None:
 
 # -------------------------------------------------------------------------------- properties
 
-URL_ALPHABET = st.sampled_from(list("abcxyz019:/@?#[]%=&.-_ \n~+AF") + ["%2", "%25", "%FF", "§"])
+URL_ALPHABET = st.sampled_from([*"abcxyz019:/@?#[]%=&.-_ \n~+AF", "%2", "%25", "%FF", "§"])
 url_like = st.builds(
     lambda scheme, body: scheme + "".join(body),
     st.sampled_from(["redis://", "rediss://", "unix://", "unix:///", "REDIS://", "", "x://"]),
@@ -598,9 +603,9 @@ url_like = st.builds(
 @given(st.one_of(st.text(), url_like))
 @settings(max_examples=500)
 def test_any_text_parses_or_raises_value_error(url: str) -> None:
-    try:
-        s = from_url(url)
-    except ValueError:
+    s = outcome(url)
+    if isinstance(s, Exception):
+        assert type(s) is ValueError
         return
     assert s.scheme in ("redis", "rediss", "unix")
     assert (s.host is None) == (s.scheme == "unix") == (s.port is None)
@@ -633,29 +638,53 @@ def test_generated_password_never_leaks(
 ) -> None:
     form = quote(password, safe="") if encode else password
     url = f"{scheme}://{user}:{form}@{host}{rest}"
-    try:
-        s = from_url(url)
-    except ValueError as error:
-        assert password not in str(error)
-        assert form not in str(error)
+    s = outcome(url)
+    if isinstance(s, Exception):
+        assert type(s) is ValueError
+        assert password not in str(s)
+        assert form not in str(s)
         return
     for text in (repr(s), str(s), s.redacted_url()):
         assert password not in text
         assert form not in text
 
 
-@given(password=PASSWORD, options=st.dictionaries(
-    st.sampled_from(["db", "protocol", "buffer_size", "connect_timeout", "client_name", "zzz"]),
-    st.one_of(st.integers(-3, 3), st.floats(), st.text(alphabet="ab \n-", max_size=3), st.none()),
-    max_size=3,
-))
+@given(
+    password=PASSWORD,
+    options=st.dictionaries(
+        st.sampled_from(["db", "protocol", "buffer_size", "connect_timeout", "client_name", "zzz"]),
+        st.one_of(
+            st.integers(-3, 3), st.floats(), st.text(alphabet="ab \n-", max_size=3), st.none()
+        ),
+        max_size=3,
+    ),
+)
 @settings(max_examples=300)
 def test_password_keyword_never_leaks(password: str, options: dict[str, Any]) -> None:
-    try:
-        s = from_url("redis://h", password=password, **options)
-    except (TypeError, ValueError) as error:
-        assert password not in str(error)
+    s = outcome("redis://h", password=password, **options)
+    if isinstance(s, Exception):
+        assert password not in str(s)
         return
     assert s.password == password
     assert password not in repr(s)
     assert password not in s.redacted_url()
+
+
+def test_module_is_pure() -> None:
+    import ast
+    from pathlib import Path
+
+    import redismpx_core._settings as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    runtime: set[str] = set()  # modules imported outside `if TYPE_CHECKING:`
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            node.body = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            runtime |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            runtime.add((node.module or "").split(".")[0])
+    assert "urllib" in runtime  # the walk does see the imports
+    assert not runtime & {"socket", "ssl", "time", "random", "asyncio", "selectors", "hiredis"}

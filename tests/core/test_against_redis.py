@@ -1,0 +1,608 @@
+"""Scripted scenarios for the core against a real ``redis-server`` and against FakeRedis.
+
+Each scenario is one script written against a *backend* (where the core's peer
+comes from, and an admin side that publishes and counts subscribers). It runs
+once per backend:
+
+* ``redis``: a ``redis-server`` started for the test (tests/redis_servers.py),
+  reached over a plain socket, administered over separate connections;
+* ``fake``: the in-memory ``FakeRedis`` of tests/core/fake_redis.py;
+* ``fake-split``: the same fake, read 3 bytes at a time, so every frame arrives
+  split.
+
+and once per protocol (RESP2 and RESP3). Every step compares the normalised
+events (see ``peers.normalise``) with an explicitly written list, so a scenario
+cannot pass vacuously, and since the list is the same for every backend, the fake
+and the real server are held to the same transcript.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from core.peers import FakePeer, Harness, SocketPeer, commands_in, normalise
+from redis_servers import RedisServer, acl_user, require_redis7
+from redismpx_core import (
+    MAX_NAMES_PER_COMMAND,
+    AuthenticationError,
+    ConnectionLost,
+    ConnectionState,
+    MultiplexerCore,
+    SubscriptionKind,
+)
+
+CHANNEL = SubscriptionKind.CHANNEL
+SHARD = SubscriptionKind.SHARD
+
+protocols = pytest.mark.parametrize("protocol", [2, 3])
+
+EST = ("established",)
+
+
+def act(owner: str, *names: str | bytes) -> list[tuple[Any, ...]]:
+    return [("activated", owner, _b(name)) for name in names]
+
+
+def _b(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def msg(
+    owner: str, channel: str | bytes, payload: str | bytes, pattern: str | bytes | None = None
+) -> tuple[Any, ...]:
+    return ("message", owner, _b(channel), None if pattern is None else _b(pattern), _b(payload))
+
+
+def new_core(protocol: int, **options: Any) -> MultiplexerCore:
+    options.setdefault("random", lambda: 0.5)
+    return MultiplexerCore(protocol=protocol, **options)
+
+
+def subscribe_commands(commands: list[list[bytes]]) -> list[list[bytes]]:
+    """The commands written, less the handshake (HELLO/AUTH)."""
+    return [c for c in commands if c[0] not in (b"HELLO", b"AUTH")]
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """How a backend's server is set up."""
+
+    password: str | None = None
+    #: One ACL user: (name, password, channel patterns it may use).
+    acl: tuple[str, str, tuple[str, ...]] | None = None
+
+
+class RealBackend:
+    name = "redis"
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+
+    def peer(self) -> SocketPeer:
+        return SocketPeer(self.server.host, self.server.port)
+
+    def require_redis7(self) -> None:
+        require_redis7(self.server)
+
+    def publish(self, channel: str | bytes, data: str | bytes) -> int:
+        return int(self.server.command("PUBLISH", channel, data))
+
+    def spublish(self, channel: str, data: str) -> int:
+        return int(self.server.command("SPUBLISH", channel, data))
+
+    def numsub(self, *channels: str) -> dict[str, int]:
+        return {k.decode(): v for k, v in self.server.pubsub_numsub(*channels).items()}
+
+    def shardnumsub(self, *channels: str) -> dict[str, int]:
+        flat = self.server.command("PUBSUB", "SHARDNUMSUB", *channels)
+        return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def numpat(self) -> int:
+        return int(self.server.command("PUBSUB", "NUMPAT"))
+
+    def kill_pubsub_clients(self) -> int:
+        return self.server.kill_clients("pubsub")
+
+
+class FakeBackend:
+    def __init__(self, fake: Any, *, chunk: int | None = None) -> None:
+        self.fake = fake
+        self.chunk = chunk
+        self.name = "fake" if chunk is None else "fake-split"
+
+    def peer(self) -> FakePeer:
+        return FakePeer(self.fake.connect(), chunk=self.chunk)
+
+    def require_redis7(self) -> None:
+        pass  # the fake speaks Redis 7
+
+    def publish(self, channel: str | bytes, data: str | bytes) -> int:
+        return int(self.fake.publish(_b(channel), _b(data)))
+
+    def spublish(self, channel: str, data: str) -> int:
+        return int(self.fake.spublish(_b(channel), _b(data)))
+
+    def numsub(self, *channels: str) -> dict[str, int]:
+        return {c: int(self.fake.numsub(c.encode())) for c in channels}
+
+    def shardnumsub(self, *channels: str) -> dict[str, int]:
+        return {c: int(self.fake.shardnumsub(c.encode())) for c in channels}
+
+    def numpat(self) -> int:
+        return int(self.fake.numpat())
+
+    def kill_pubsub_clients(self) -> int:
+        return int(self.fake.kill_pubsub_clients())
+
+
+Backend = RealBackend | FakeBackend
+MakeBackend = Callable[..., Backend]
+
+
+def _start_real(request: pytest.FixtureRequest, config: Config) -> RealBackend:
+    factory = request.getfixturevalue("redis_server_factory")
+    args: list[str] = []
+    if config.acl is not None:
+        user, password, patterns = config.acl
+        args += acl_user(user, "on", f">{password}", "~*", *(f"&{p}" for p in patterns), "+@all")
+    return RealBackend(factory(*args, password=config.password))
+
+
+def _start_fake(config: Config, chunk: int | None) -> FakeBackend:
+    from core.fake_redis import FakeRedis
+
+    options: dict[str, Any] = {}
+    if config.password is not None:
+        options["password"] = config.password
+    if config.acl is not None:
+        user, password, patterns = config.acl
+        options["users"] = {user: (password, patterns)}
+    return FakeBackend(FakeRedis(**options), chunk=chunk)
+
+
+@pytest.fixture(params=["redis", "fake", "fake-split"])
+def make_backend(request: pytest.FixtureRequest) -> Iterator[MakeBackend]:
+    """``make_backend(password=..., acl=...)``: a fresh server of this backend kind."""
+    peers: list[Any] = []
+
+    def make(**options: Any) -> Backend:
+        config = Config(**options)
+        backend: Backend
+        if request.param == "redis":
+            backend = _start_real(request, config)
+        else:
+            backend = _start_fake(config, 3 if request.param == "fake-split" else None)
+        original = backend.peer
+
+        def tracked() -> Any:
+            peer = original()
+            peers.append(peer)
+            return peer
+
+        backend.peer = tracked  # type: ignore[method-assign]
+        return backend
+
+    yield make
+    for peer in peers:
+        peer.close()
+
+
+@pytest.fixture
+def backend(make_backend: MakeBackend) -> Backend:
+    return make_backend()
+
+
+# --------------------------------------------------------------------------- (a) channels
+
+
+@protocols
+def test_channel_batch_subscribe_deliver_unsubscribe(backend: Backend, protocol: int) -> None:
+    core = new_core(protocol)
+    a = core.open_subscription(CHANNEL, "A")
+    keep = core.open_subscription(CHANNEL, "K")
+    assert core.add(a, ["a:1", b"a:2", "a:3"]) == []
+    assert core.add(keep, ["a:keep"]) == []
+    h = Harness(core, backend.peer())
+
+    assert h.run_until_events(5) == [EST, *act("A", "a:1", "a:2", "a:3"), *act("K", "a:keep")]
+    assert subscribe_commands(h.take_sent()) == [
+        [b"SUBSCRIBE", b"a:1", b"a:2", b"a:3", b"a:keep"]
+    ]
+    assert backend.numsub("a:1", "a:2", "a:3", "a:keep") == {
+        "a:1": 1, "a:2": 1, "a:3": 1, "a:keep": 1
+    }
+
+    assert [backend.publish(c, d) for c, d in [("a:1", "x"), ("a:2", "y"), ("a:1", "z")]] == [1] * 3
+    assert h.run_until_events(3) == [msg("A", "a:1", "x"), msg("A", "a:2", "y"), msg("A", "a:1", "z")]
+
+    core.remove(a, ["a:1", "a:2", "a:3", "never-held"])
+    h.flush()
+    assert h.take_sent() == [[b"UNSUBSCRIBE", b"a:1", b"a:2", b"a:3"]]
+    h.run_until(lambda: backend.numsub("a:1", "a:2", "a:3") == {"a:1": 0, "a:2": 0, "a:3": 0})
+    assert backend.publish("a:1", "gone") == 0
+    # The keep message comes after the UNSUBSCRIBE confirmations on the wire: once
+    # it is delivered, the core has taken them without complaint.
+    assert backend.publish("a:keep", "after") == 1
+    assert h.run_until_events(1) == [msg("K", "a:keep", "after")]
+    assert not core.is_active(a, b"a:1")
+    assert core.is_active(keep, b"a:keep")
+    assert h.settle() == []
+    assert core.state is ConnectionState.READY
+
+
+# --------------------------------------------------------------------------- (b) patterns
+
+
+@protocols
+def test_pattern_subscription_gets_the_concrete_channel(backend: Backend, protocol: int) -> None:
+    core = new_core(protocol)
+    p, events = core.open_pattern_subscription("news.*", "P")
+    assert events == []
+    c = core.open_subscription(CHANNEL, "C")
+    assert core.add(c, ["news.sport"]) == []
+    h = Harness(core, backend.peer())
+
+    assert h.run_until_events(3) == [EST, *act("P", "news.*"), *act("C", "news.sport")]
+    assert subscribe_commands(h.take_sent()) == [
+        [b"PSUBSCRIBE", b"news.*"],
+        [b"SUBSCRIBE", b"news.sport"],
+    ]
+    assert backend.numpat() == 1
+
+    assert backend.publish("news.sport", "goal") == 2
+    assert backend.publish("weather", "rain") == 0
+    assert backend.publish("news.weather", "sun") == 1
+    assert h.run_until_events(3) == [
+        msg("C", "news.sport", "goal"),
+        msg("P", "news.sport", "goal", "news.*"),
+        msg("P", "news.weather", "sun", "news.*"),
+    ]
+
+    assert core.close_subscription(p) == []
+    h.flush()
+    assert h.take_sent() == [[b"PUNSUBSCRIBE", b"news.*"]]
+    h.run_until(lambda: backend.numpat() == 0)
+    assert backend.publish("news.sport", "late") == 1
+    assert h.run_until_events(1) == [msg("C", "news.sport", "late")]
+    assert h.settle() == []
+
+
+# --------------------------------------------------------------------------- (c) shards
+
+
+@protocols
+def test_sharded_subscribe_and_spublish(backend: Backend, protocol: int) -> None:
+    backend.require_redis7()
+    core = new_core(protocol)
+    s = core.open_subscription(SHARD, "S")
+    c = core.open_subscription(CHANNEL, "C")
+    assert core.add(s, ["{room}.a", "{room}.b"]) == []
+    assert core.add(c, ["{room}.a"]) == []
+    h = Harness(core, backend.peer())
+
+    # Channels and shard channels are separate name spaces, even for one name.
+    assert h.run_until_events(4) == [
+        EST, *act("S", "{room}.a", "{room}.b"), *act("C", "{room}.a")
+    ]
+    assert subscribe_commands(h.take_sent()) == [
+        [b"SSUBSCRIBE", b"{room}.a", b"{room}.b"],
+        [b"SUBSCRIBE", b"{room}.a"],
+    ]
+    assert backend.shardnumsub("{room}.a", "{room}.b") == {"{room}.a": 1, "{room}.b": 1}
+    assert backend.numsub("{room}.a") == {"{room}.a": 1}
+
+    assert backend.spublish("{room}.a", "s1") == 1
+    assert backend.publish("{room}.a", "p1") == 1
+    assert backend.spublish("{room}.b", "s2") == 1
+    assert h.run_until_events(3) == [
+        msg("S", "{room}.a", "s1"),
+        msg("C", "{room}.a", "p1"),
+        msg("S", "{room}.b", "s2"),
+    ]
+
+    core.remove(s, ["{room}.a"])
+    h.flush()
+    assert h.take_sent() == [[b"SUNSUBSCRIBE", b"{room}.a"]]
+    h.run_until(lambda: backend.shardnumsub("{room}.a") == {"{room}.a": 0})
+    assert backend.spublish("{room}.a", "gone") == 0
+    assert backend.spublish("{room}.b", "s3") == 1
+    assert h.run_until_events(1) == [msg("S", "{room}.b", "s3")]
+    assert h.settle() == []
+
+
+# --------------------------------------------------------------------------- (d) AUTH
+
+
+@protocols
+def test_auth_with_the_right_password(make_backend: MakeBackend, protocol: int) -> None:
+    backend = make_backend(password="s3cret")
+    core = new_core(protocol, password="s3cret")
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["d:1"])
+    h = Harness(core, backend.peer())
+
+    assert h.run_until_events(2) == [EST, *act("A", "d:1")]
+    handshake = [c for c in h.take_sent() if c[0] in (b"HELLO", b"AUTH")]
+    if protocol == 3:
+        assert handshake == [[b"HELLO", b"3", b"AUTH", b"default", b"s3cret"]]
+    else:
+        assert handshake == [[b"AUTH", b"s3cret"]]
+    assert backend.publish("d:1", "hello") == 1
+    assert h.run_until_events(1) == [msg("A", "d:1", "hello")]
+    assert h.settle() == []
+
+
+@protocols
+def test_auth_with_a_wrong_password(make_backend: MakeBackend, protocol: int) -> None:
+    backend = make_backend(password="s3cret")
+    core = new_core(protocol, password="hunter2-wrong")
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["d:1"])
+    h = Harness(core, backend.peer())
+
+    with pytest.raises(AuthenticationError) as raised:
+        h.run_until(lambda: False)
+    assert raised.value.code == "WRONGPASS"
+    assert "hunter2-wrong" not in str(raised.value)
+    assert h.events == []
+    assert core.state is ConnectionState.BROKEN
+    assert h.lose(raised.value) == [("disconnected", "A", "AuthenticationError")]
+    assert core.state is ConnectionState.DISCONNECTED
+    assert backend.numsub("d:1") == {"d:1": 0}
+
+
+@protocols
+def test_auth_missing_password(make_backend: MakeBackend, protocol: int) -> None:
+    backend = make_backend(password="s3cret")
+    core = new_core(protocol)
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["d:1"])
+    h = Harness(core, backend.peer())
+
+    with pytest.raises(AuthenticationError) as raised:
+        h.run_until(lambda: False)
+    assert raised.value.code == "NOAUTH"
+    # Under RESP2 there is no handshake at all: the SUBSCRIBE is what gets refused.
+    assert h.take() == ([EST] if protocol == 2 else [])
+    assert h.lose(raised.value) == [("disconnected", "A", "AuthenticationError")]
+
+
+# --------------------------------------------------------------------------- (e) ACL
+
+
+@protocols
+def test_acl_denied_name_is_rejected_alone(make_backend: MakeBackend, protocol: int) -> None:
+    backend = make_backend(acl=("alice", "pw", ("allowed*",)))
+    core = new_core(protocol, username="alice", password="pw")
+    a = core.open_subscription(CHANNEL, "A")
+    b = core.open_subscription(CHANNEL, "B")
+    core.add(a, ["allowed:1", "denied:1", "allowed:2"])
+    h = Harness(core, backend.peer())
+
+    assert h.run_until_events(4) == [
+        EST,
+        *act("A", "allowed:1"),
+        ("rejected", "A", b"denied:1", "NOPERM"),
+        *act("A", "allowed:2"),
+    ]
+    handshake = [c for c in h.take_sent() if c[0] in (b"HELLO", b"AUTH")]
+    if protocol == 3:
+        assert handshake == [[b"HELLO", b"3", b"AUTH", b"alice", b"pw"]]
+    else:
+        assert handshake == [[b"AUTH", b"alice", b"pw"]]
+    assert list(a.names) == [b"allowed:1", b"allowed:2"]
+    assert backend.numsub("allowed:1", "denied:1", "allowed:2") == {
+        "allowed:1": 1, "denied:1": 0, "allowed:2": 1
+    }
+
+    # A refused pattern, and a later refusal of the same channel for another holder.
+    _, events = core.open_pattern_subscription("denied:*", "P")
+    assert events == []
+    assert normalise(core.add(b, ["denied:1", "allowed:1"])) == act("B", "allowed:1")
+    assert h.run_until_events(2) == [
+        ("rejected", "P", b"denied:*", "NOPERM"),
+        ("rejected", "B", b"denied:1", "NOPERM"),
+    ]
+    assert list(b.names) == [b"allowed:1"]
+
+    assert backend.publish("allowed:1", "ok") == 1
+    assert backend.publish("denied:1", "no") == 0
+    assert h.run_until_events(2) == [msg("A", "allowed:1", "ok"), msg("B", "allowed:1", "ok")]
+    assert h.settle() == []
+    assert core.state is ConnectionState.READY
+    assert core.connections_lost == 0
+
+
+# --------------------------------------------------------------------------- (g) reconnect
+
+
+@pytest.mark.parametrize("how", ["server-kills", "client-closes"])
+@protocols
+def test_reconnect_resubscribes(backend: Backend, protocol: int, how: str) -> None:
+    core = new_core(protocol)
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["r:1", "r:2"])
+    core.open_pattern_subscription("rp:*", "P")
+    h = Harness(core, backend.peer())
+    assert h.run_until_events(4) == [EST, *act("A", "r:1", "r:2"), *act("P", "rp:*")]
+    assert backend.publish("r:1", "before") == 1
+    assert h.run_until_events(1) == [msg("A", "r:1", "before")]
+
+    lost = ConnectionLost("the connection went away")
+    if how == "server-kills":
+        assert backend.kill_pubsub_clients() == 1
+        h.run_until(lambda: h.eof)
+        assert h.take() == []
+    expected_lost = [("disconnected", "A", "ConnectionLost"), ("disconnected", "P", "ConnectionLost")]
+    assert h.lose(lost) == expected_lost
+    assert h.take() == expected_lost
+    assert core.state is ConnectionState.DISCONNECTED
+
+    # Changes while disconnected: drop r:2, add r:3.
+    core.remove(a, ["r:2"])
+    assert core.add(a, ["r:3"]) == []
+    assert core.data_to_send() == b""
+    h.run_until(lambda: backend.numsub("r:1", "r:2") == {"r:1": 0, "r:2": 0})
+
+    h.take_sent()
+    h.reconnect(backend.peer())
+    events = h.run_until_events(4)
+    # The order among resubscribed names is the core's business; the set is not.
+    assert events[0] == EST
+    assert sorted(events[1:]) == sorted([*act("A", "r:1", "r:3"), *act("P", "rp:*")])
+    sent = subscribe_commands(h.take_sent())
+    assert sorted((c[0], sorted(c[1:])) for c in sent) == [
+        (b"PSUBSCRIBE", [b"rp:*"]),
+        (b"SUBSCRIBE", [b"r:1", b"r:3"]),
+    ]
+    assert backend.numsub("r:1", "r:2", "r:3") == {"r:1": 1, "r:2": 0, "r:3": 1}
+    assert backend.numpat() == 1
+
+    assert backend.publish("r:1", "after") == 1
+    assert backend.publish("r:2", "dropped") == 0
+    assert backend.publish("rp:x", "pattern") == 1
+    assert h.run_until_events(2) == [msg("A", "r:1", "after"), msg("P", "rp:x", "pattern", "rp:*")]
+    assert h.settle() == []
+    assert (core.connections_made, core.connections_lost) == (2, 1)
+
+
+# --------------------------------------------------------------------------- (h) many names
+
+
+@protocols
+def test_two_thousand_names_in_one_go(backend: Backend, protocol: int) -> None:
+    names = [f"bulk:{i}" for i in range(2000)]
+    core = new_core(protocol)
+    a = core.open_subscription(CHANNEL, "A")
+    assert core.add(a, names) == []
+    h = Harness(core, backend.peer())
+
+    assert h.run_until_events(1 + len(names)) == [EST, *act("A", *names)]
+    sent = subscribe_commands(h.take_sent())
+    assert [c[0] for c in sent] == [b"SUBSCRIBE", b"SUBSCRIBE"]
+    assert [len(c) - 1 for c in sent] == [MAX_NAMES_PER_COMMAND, 2000 - MAX_NAMES_PER_COMMAND]
+    assert [n.decode() for c in sent for n in c[1:]] == names
+    assert backend.numsub(*names) == dict.fromkeys(names, 1)
+
+    # A second holder of all of them: activated at once, nothing on the wire.
+    b = core.open_subscription(CHANNEL, "B")
+    assert normalise(core.add(b, names)) == act("B", *names)
+    assert core.data_to_send() == b""
+    assert backend.numsub(*names) == dict.fromkeys(names, 1)
+
+    # One connection holds each name once: one receiver as far as Redis knows.
+    assert backend.publish("bulk:0", "first") == 1
+    assert backend.publish("bulk:1999", "last") == 1
+    assert h.run_until_events(4) == [
+        msg("A", "bulk:0", "first"), msg("B", "bulk:0", "first"),
+        msg("A", "bulk:1999", "last"), msg("B", "bulk:1999", "last"),
+    ]
+
+    core.clear(a)
+    core.close_subscription(b)
+    h.flush()
+    assert [len(c) - 1 for c in h.take_sent()] == [1024, 976]
+    h.run_until(lambda: backend.numsub(*names) == dict.fromkeys(names, 0))
+    assert h.settle() == []
+
+
+# --------------------------------------------------------------------------- (i) ref counting
+
+
+@protocols
+def test_one_name_in_three_subscriptions(backend: Backend, protocol: int) -> None:
+    core = new_core(protocol)
+    subs = {owner: core.open_subscription(CHANNEL, owner) for owner in "ABC"}
+    keep = core.open_subscription(CHANNEL, "K")
+    for sub in subs.values():
+        assert core.add(sub, ["shared"]) == []
+    core.add(keep, ["i:keep"])
+    h = Harness(core, backend.peer())
+
+    assert h.run_until_events(5) == [EST, *act("A", "shared"), *act("B", "shared"),
+                                     *act("C", "shared"), *act("K", "i:keep")]
+    assert subscribe_commands(h.take_sent()) == [[b"SUBSCRIBE", b"shared", b"i:keep"]]
+    assert backend.numsub("shared") == {"shared": 1}
+
+    assert backend.publish("shared", "m1") == 1
+    assert backend.publish("shared", "m2") == 1
+    assert h.run_until_events(6) == [
+        msg("A", "shared", "m1"), msg("B", "shared", "m1"), msg("C", "shared", "m1"),
+        msg("A", "shared", "m2"), msg("B", "shared", "m2"), msg("C", "shared", "m2"),
+    ]
+
+    core.remove(subs["A"], ["shared"])
+    core.remove(subs["B"], ["shared"])
+    h.flush()
+    assert h.take_sent() == []
+    assert backend.numsub("shared") == {"shared": 1}
+    assert backend.publish("shared", "m3") == 1
+    assert h.run_until_events(1) == [msg("C", "shared", "m3")]
+
+    core.remove(subs["C"], ["shared"])
+    h.flush()
+    assert h.take_sent() == [[b"UNSUBSCRIBE", b"shared"]]
+    h.run_until(lambda: backend.numsub("shared") == {"shared": 0})
+    assert backend.publish("shared", "m4") == 0
+    assert backend.publish("i:keep", "k") == 1
+    assert h.run_until_events(1) == [msg("K", "i:keep", "k")]
+    assert h.settle() == []
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+@protocols
+def test_publish_on_the_subscribed_connection(backend: Backend, protocol: int) -> None:
+    core = new_core(protocol)
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["pub:1"])
+    h = Harness(core, backend.peer())
+    assert h.run_until_events(2) == [EST, *act("A", "pub:1")]
+
+    token = core.publish("pub:1", b"self")
+    if protocol == 3:
+        # RESP3 lets a subscribed connection publish; its own message comes first.
+        assert h.run_until_events(2) == [msg("A", "pub:1", "self"), ("published", token, 1)]
+    else:
+        # RESP2 refuses commands other than (P|S)(UN)SUBSCRIBE, PING... in this state.
+        assert h.run_until_events(1) == [("publish_failed", token, "ERR")]
+    assert backend.publish("pub:1", "other") == 1
+    assert h.run_until_events(1) == [msg("A", "pub:1", "other")]
+    assert h.settle() == []
+    assert core.state is ConnectionState.READY
+
+
+# --------------------------------------------------------------------------- health check
+
+
+@protocols
+def test_health_check_ping_in_subscribed_mode(backend: Backend, protocol: int) -> None:
+    # Under RESP2 a subscribed connection answers PING with ["pong", ""], not +PONG.
+    core = new_core(protocol, health_check_interval=0.01, health_check_timeout=5.0)
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["hc:1"])
+    h = Harness(core, backend.peer())
+    assert h.run_until_events(2) == [EST, *act("A", "hc:1")]
+    h.take_sent()
+    pings: list[list[bytes]] = []
+
+    def pings_answered() -> bool:
+        pings.extend(commands_in(bytes(h.sent)))
+        h.sent.clear()
+        # A PING goes out only once the previous one was answered: three sent, two answered.
+        return len(pings) >= 3
+
+    h.run_until(pings_answered)
+    assert pings[:3] == [[b"PING"]] * 3
+    assert h.take() == []
+    assert backend.publish("hc:1", "alive") == 1
+    assert h.run_until_events(1) == [msg("A", "hc:1", "alive")]
+    assert core.state is ConnectionState.READY
