@@ -40,13 +40,13 @@ __all__ = (
 )
 
 CRLF = b"\r\n"
-SERVER_VERSION = b"7.2.4"
+SERVER_VERSION = b"7.0.15"
 
 WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
 NOAUTH = "NOAUTH Authentication required."
 NOAUTH_HELLO = (
     "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
-    "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
+    "HELLO AUTH <user> <pass> option can be used to authenticate the client and "
     "select the RESP protocol version at the same time"
 )
 NO_PASSWORD_CONFIGURED = (
@@ -537,7 +537,7 @@ class FakeConnection:
         args = command[1:]
         arity = _ARITY.get(name)
         if arity is None:
-            shown = " ".join(f"'{a.decode(errors='replace')}'" for a in args[:3])
+            shown = "".join(f"'{a.decode(errors='replace')}' " for a in args[:3])
             return RespError(
                 f"ERR unknown command '{command[0].decode(errors='replace')}', "
                 f"with args beginning with: {shown}"

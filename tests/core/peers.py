@@ -24,6 +24,7 @@ driver's part (``connection_lost``) and ``reconnect(peer)`` starts over.
 
 from __future__ import annotations
 
+import itertools
 import select
 import socket
 import time
@@ -116,25 +117,37 @@ class SocketPeer:
 class FakePeer:
     """A ``FakeConnection`` of the in-memory fake server.
 
-    ``chunk``: read at most this many bytes per ``recv`` (``None``: all there is),
-    so that the core sees frames split at arbitrary points.
+    Like a socket's ``recv``, one read returns at most ``max_read`` bytes. With
+    ``chunks`` the reads cycle through those sizes instead, so that the core sees
+    frames split at arbitrary points.
     """
 
-    def __init__(self, connection: Any, *, chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        chunks: tuple[int, ...] | None = None,
+        max_read: int = 1 << 16,
+    ) -> None:
         self.connection = connection
-        self.chunk = chunk
+        self.sizes = itertools.cycle(chunks or (max_read,))
+        self.buffer = b""
+        self.offset = 0
         self.closed = False
 
     def send(self, data: bytes) -> None:
         self.connection.feed(data)
 
-    def recv(self, timeout: float) -> bytes | None:  # noqa: ARG002 - synchronous
-        data = self.connection.take(self.chunk)
-        if data:
-            return bytes(data)
-        if _fake_closed(self.connection):
-            return None
-        return b""
+    def recv(self, timeout: float) -> bytes | None:  # noqa: ARG002 - the fake is synchronous
+        if self.offset >= len(self.buffer):
+            self.buffer = bytes(self.connection.take())
+            self.offset = 0
+            if not self.buffer:
+                return None if _fake_closed(self.connection) else b""
+        end = self.offset + next(self.sizes)
+        data = self.buffer[self.offset : end]
+        self.offset = end
+        return data
 
     def close(self) -> None:
         if not self.closed:

@@ -7,8 +7,8 @@ once per backend:
 * ``redis``: a ``redis-server`` started for the test (tests/redis_servers.py),
   reached over a plain socket, administered over separate connections;
 * ``fake``: the in-memory ``FakeRedis`` of tests/core/fake_redis.py;
-* ``fake-split``: the same fake, read 3 bytes at a time, so every frame arrives
-  split.
+* ``fake-split``: the same fake, read a few bytes at a time (``SPLIT_READS``), so
+  frames arrive split.
 
 and once per protocol (RESP2 and RESP3). Every step compares the normalised
 events (see ``peers.normalise``) with an explicitly written list, so a scenario
@@ -19,6 +19,8 @@ and the real server are held to the same transcript.
 from __future__ import annotations
 
 import dataclasses
+import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +34,7 @@ from redismpx_core import (
     ConnectionLost,
     ConnectionState,
     MultiplexerCore,
+    ProtocolError,
     SubscriptionKind,
 )
 
@@ -112,13 +115,13 @@ class RealBackend:
 
 
 class FakeBackend:
-    def __init__(self, fake: Any, *, chunk: int | None = None) -> None:
+    def __init__(self, fake: Any, *, chunks: tuple[int, ...] | None = None) -> None:
         self.fake = fake
-        self.chunk = chunk
-        self.name = "fake" if chunk is None else "fake-split"
+        self.chunks = chunks
+        self.name = "fake" if chunks is None else "fake-split"
 
     def peer(self) -> FakePeer:
-        return FakePeer(self.fake.connect(), chunk=self.chunk)
+        return FakePeer(self.fake.connect(), chunks=self.chunks)
 
     def require_redis7(self) -> None:
         pass  # the fake speaks Redis 7
@@ -143,6 +146,9 @@ class FakeBackend:
 
 
 Backend = RealBackend | FakeBackend
+
+#: Read sizes the ``fake-split`` backend cycles through.
+SPLIT_READS = (1, 3, 7, 2, 64, 5)
 MakeBackend = Callable[..., Backend]
 
 
@@ -155,7 +161,7 @@ def _start_real(request: pytest.FixtureRequest, config: Config) -> RealBackend:
     return RealBackend(factory(*args, password=config.password))
 
 
-def _start_fake(config: Config, chunk: int | None) -> FakeBackend:
+def _start_fake(config: Config, chunks: tuple[int, ...] | None) -> FakeBackend:
     from core.fake_redis import FakeRedis
 
     options: dict[str, Any] = {}
@@ -164,7 +170,7 @@ def _start_fake(config: Config, chunk: int | None) -> FakeBackend:
     if config.acl is not None:
         user, password, patterns = config.acl
         options["users"] = {user: (password, patterns)}
-    return FakeBackend(FakeRedis(**options), chunk=chunk)
+    return FakeBackend(FakeRedis(**options), chunks=chunks)
 
 
 @pytest.fixture(params=["redis", "fake", "fake-split"])
@@ -178,7 +184,7 @@ def make_backend(request: pytest.FixtureRequest) -> Iterator[MakeBackend]:
         if request.param == "redis":
             backend = _start_real(request, config)
         else:
-            backend = _start_fake(config, 3 if request.param == "fake-split" else None)
+            backend = _start_fake(config, SPLIT_READS if request.param == "fake-split" else None)
         original = backend.peer
 
         def tracked() -> Any:
@@ -606,3 +612,221 @@ def test_health_check_ping_in_subscribed_mode(backend: Backend, protocol: int) -
     assert backend.publish("hc:1", "alive") == 1
     assert h.run_until_events(1) == [msg("A", "hc:1", "alive")]
     assert core.state is ConnectionState.READY
+
+
+@protocols
+def test_password_given_but_none_configured(backend: Backend, protocol: int) -> None:
+    core = new_core(protocol, password="pw-not-needed")
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["n:1"])
+    h = Harness(core, backend.peer())
+    if protocol == 3:
+        # HELLO 3 AUTH default <anything> succeeds: the default user is "nopass".
+        assert h.run_until_events(2) == [EST, *act("A", "n:1")]
+        assert backend.publish("n:1", "in") == 1
+        assert h.run_until_events(1) == [msg("A", "n:1", "in")]
+        return
+    # The one-argument AUTH is refused when no password is configured.
+    with pytest.raises(AuthenticationError) as raised:
+        h.run_until(lambda: False)
+    assert raised.value.code == "ERR"
+    assert "pw-not-needed" not in str(raised.value)
+    assert h.lose(raised.value) == [("disconnected", "A", "AuthenticationError")]
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+@protocols
+def test_binary_names_and_payloads(backend: Backend, protocol: int) -> None:
+    core = new_core(protocol)
+    a = core.open_subscription(CHANNEL, "A")
+    binary = b"bin\x00\xff \r\n*3\r\n"
+    core.add(a, [binary, "ünïcode"])
+    p, _ = core.open_pattern_subscription(b"pat\x00*", "P")
+    h = Harness(core, backend.peer())
+    assert h.run_until_events(4) == [EST, *act("A", binary, "ünïcode"), *act("P", b"pat\x00*")]
+
+    big = bytes(range(256)) * 800  # 200 KiB: many reads, one frame
+    payloads = [b"", b"\r\n$3\r\nfoo\r\n", b"\x00\xff" * 3, big]
+    for payload in payloads:
+        assert backend.publish(binary, payload) == 1
+    assert backend.publish("ünïcode", "ü") == 1
+    assert backend.publish(b"pat\x00\xfe", b"\r\n") == 1
+    assert h.run_until_events(6) == [
+        *(msg("A", binary, payload) for payload in payloads),
+        msg("A", "ünïcode", "ü"),
+        msg("P", b"pat\x00\xfe", b"\r\n", b"pat\x00*"),
+    ]
+    assert h.settle() == []
+
+
+@protocols
+def test_a_frame_over_max_frame_size_drops_the_connection(
+    backend: Backend, protocol: int
+) -> None:
+    core = new_core(protocol, max_frame_size=16 * 1024)
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["f:1"])
+    h = Harness(core, backend.peer())
+    assert h.run_until_events(2) == [EST, *act("A", "f:1")]
+
+    assert backend.publish("f:1", "x" * 200_000) == 1
+    with pytest.raises(ProtocolError, match="max_frame_size"):
+        h.run_until(lambda: False)
+    assert h.lose(ProtocolError("frame too big")) == [("disconnected", "A", "ProtocolError")]
+    assert h.take() == [("disconnected", "A", "ProtocolError")]  # no message got through
+
+    h.reconnect(backend.peer())
+    assert h.run_until_events(2) == [EST, *act("A", "f:1")]
+    assert backend.publish("f:1", "small") == 1
+    assert h.run_until_events(1) == [msg("A", "f:1", "small")]
+
+
+@protocols
+def test_a_burst_of_small_frames_is_not_an_oversized_frame(
+    backend: Backend, protocol: int
+) -> None:
+    # Every frame is ~130 bytes, far below max_frame_size; only their sum, read in
+    # one chunk, is above it.
+    core = new_core(protocol, max_frame_size=4096)
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["burst"])
+    h = Harness(core, backend.peer())
+    assert h.run_until_events(2) == [EST, *act("A", "burst")]
+
+    payloads = [f"{i:03d}".encode() * 30 for i in range(100)]
+    for payload in payloads:
+        assert backend.publish("burst", payload) == 1
+    assert h.run_until_events(100) == [msg("A", "burst", p) for p in payloads]
+    assert core.state is ConnectionState.READY
+
+
+# --------------------------------------------------------------------------- races
+
+
+@protocols
+def test_subscribe_unsubscribe_bursts_end_as_asked(backend: Backend, protocol: int) -> None:
+    core = new_core(protocol)
+    a = core.open_subscription(CHANNEL, "A")
+    h = Harness(core, backend.peer())
+    assert h.run_until_events(1) == [EST]
+
+    # Every change is written before any confirmation is read.
+    for _ in range(5):
+        core.add(a, ["z:1"])
+        h.flush()
+        core.remove(a, ["z:1"])
+        h.flush()
+    core.add(a, ["z:1"])
+    h.flush()
+    # An add and a remove between two writes cancel out: z:2 never reaches the wire.
+    core.add(a, ["z:2"])
+    core.remove(a, ["z:2"])
+    h.flush()
+    assert all(b"z:2" not in c for c in h.take_sent())
+
+    assert h.run_until_events(1) == [*act("A", "z:1")]
+    h.run_until(lambda: not core.wants_write and h.settle(1) == [])
+    assert backend.numsub("z:1", "z:2") == {"z:1": 1, "z:2": 0}
+    assert backend.publish("z:1", "once") == 1
+    assert h.run_until_events(1) == [msg("A", "z:1", "once")]
+
+    # Remove while the UNSUBSCRIBE is in flight, then add back twice: still one.
+    core.remove(a, ["z:1"])
+    h.flush()
+    core.add(a, ["z:1"])
+    h.flush()
+    core.remove(a, ["z:1"])
+    h.flush()
+    core.add(a, ["z:1"])
+    h.flush()
+    assert h.run_until_events(1) == [*act("A", "z:1")]
+    h.run_until(lambda: backend.numsub("z:1") == {"z:1": 1})
+    assert backend.publish("z:1", "again") == 1
+    assert h.run_until_events(1) == [msg("A", "z:1", "again")]
+    assert h.settle() == []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@protocols
+def test_random_changes_converge(backend: Backend, protocol: int, seed: int) -> None:
+    rng = random.Random(seed)
+    names = ["q:0", "q:1", "q:2"]
+    core = new_core(protocol)
+    subs = {owner: core.open_subscription(CHANNEL, owner) for owner in ("A", "B")}
+    wanted: dict[str, set[str]] = {owner: set() for owner in subs}
+    h = Harness(core, backend.peer())
+    for _ in range(150):
+        owner = rng.choice("AB")
+        name = rng.choice(names)
+        if rng.random() < 0.5:
+            core.add(subs[owner], [name])
+            wanted[owner].add(name)
+        else:
+            core.remove(subs[owner], [name])
+            wanted[owner].discard(name)
+        roll = rng.random()
+        if roll < 0.4:
+            h.flush()
+        elif roll < 0.6:
+            h.step(timeout=0.0)
+    holders = {n: [o for o in "AB" if n in wanted[o]] for n in names}
+    counts = {n: int(bool(holders[n])) for n in names}
+
+    def converged() -> bool:
+        return all(
+            core.is_active(subs[o], n.encode()) for o in "AB" for n in wanted[o]
+        ) and backend.numsub(*names) == counts
+
+    h.run_until(converged)
+    h.take()
+    for name in names:
+        assert backend.publish(name, f"to {name}") == counts[name]
+    expected = [msg(o, n, f"to {n}") for n in names for o in holders[n]]
+    if expected:
+        got = h.run_until_events(len(expected))
+        # Channels in publishing order; the order of one message's holders is the core's.
+        assert [e[2] for e in got] == [e[2] for e in expected]
+        assert sorted(got) == sorted(expected)
+    assert h.settle() == []
+    assert core.state is ConnectionState.READY
+
+
+# --------------------------------------------------------------------------- promises
+
+
+@protocols
+def test_promises_on_a_glob_prefix(backend: Backend, protocol: int) -> None:
+    core = new_core(protocol)
+    prefix = b"job[1]*?\\:"
+    sub, events = core.open_promise_subscription(prefix, "PS")
+    assert events == []
+    h = Harness(core, backend.peer())
+    pattern = b"job\\[1\\]\\*\\?\\\\:*"
+    assert h.run_until_events(2) == [EST, *act("PS", pattern)]
+    assert subscribe_commands(h.take_sent()) == [[b"PSUBSCRIBE", pattern]]
+
+    now = time.monotonic()
+    core.new_promise(sub, "a", 5.0, now, owner="p1")
+    core.new_promise(sub, b"a", 5.0, now, owner="p2")
+    core.new_promise(sub, "b", 0.05, now, owner="p3")
+    # The unescaped glob would match this channel; the escaped one must not.
+    assert backend.publish(b"job1zz:a", "decoy") == 0
+    assert backend.publish(prefix + b"a", "A1") == 1
+    assert h.run_until_events(2) == [("fulfilled", "p1", b"A1"), ("fulfilled", "p2", b"A1")]
+    assert h.run_until_events(1) == [("expired", "p3")]
+    assert backend.publish(prefix + b"a", "nobody waits") == 1
+    assert h.settle() == []
+
+    core.new_promise(sub, "c", 5.0, time.monotonic(), owner="p4")
+    assert h.lose(ConnectionLost("gone")) == [
+        ("disconnected", "PS", "ConnectionLost"),
+        ("promise_failed", "p4", "PromiseInterrupted"),
+    ]
+    h.take()
+    h.reconnect(backend.peer())
+    assert h.run_until_events(2) == [EST, *act("PS", pattern)]
+    core.new_promise(sub, "d", 5.0, time.monotonic(), owner="p5")
+    assert backend.publish(prefix + b"d", "D") == 1
+    assert h.run_until_events(1) == [("fulfilled", "p5", b"D")]

@@ -1,0 +1,173 @@
+"""Per-subscription delivery buffers: bounded, with an overflow policy, filtered at hand-off.
+
+A subscription whose consumer is slow (an async callback, an iterator) must hold
+back only itself (SPEC 3.6). The driver's reader appends every run of messages to
+the subscription's :class:`DeliveryQueue` without waiting, and the subscription's
+own consumer drains it. The queue is pure (no I/O, no waiting); both drivers wrap
+it with their own wake-up primitive, so the policy cannot drift between them.
+
+Notices (activation, disconnect) travel in the same queue so that a consumer sees
+them in order with the messages (messages already received come before the
+disconnect notice), but they never count against the bound and are never dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Container
+from dataclasses import dataclass
+from itertools import islice, repeat
+from typing import Any, Final
+
+from ._errors import SubscriptionClosed
+from ._settings import OverflowPolicy
+
+__all__ = ("DeliveryQueue", "Message", "Notice", "SubscriptionOverflow")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One Pub/Sub message as a consumer sees it. ``pattern`` is ``None`` for channels."""
+
+    channel: bytes
+    data: bytes
+    pattern: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A non-message item for the consumer: ``kind`` is ``"activated"`` or ``"disconnected"``."""
+
+    kind: str
+    value: Any
+
+
+class SubscriptionOverflow(SubscriptionClosed):
+    """The subscription's buffer overflowed under the ``close`` policy, which closed it."""
+
+
+_DROP_OLDEST: Final = OverflowPolicy.DROP_OLDEST
+_DROP_NEWEST: Final = OverflowPolicy.DROP_NEWEST
+
+#: Items in the queue: a message is a (channel, pattern, payload) tuple; a notice is a Notice.
+Item = tuple[bytes, bytes | None, bytes] | Notice
+
+
+class DeliveryQueue:
+    """A bounded FIFO of messages (and unbounded notices) for one subscription.
+
+    ``push`` never waits: past ``bound`` messages it applies the policy. ``dropped``
+    counts the messages lost to it. Under ``close`` the first overflow sets
+    ``overflowed`` and the queue refuses everything after; the driver then closes the
+    subscription with a :class:`SubscriptionOverflow`.
+    """
+
+    __slots__ = ("_items", "_messages", "bound", "dropped", "overflowed", "policy")
+
+    def __init__(self, bound: int, policy: OverflowPolicy | str) -> None:
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+            raise ValueError(f"buffer_size must be a positive int, got {bound!r}")
+        self.bound = bound
+        self.policy = OverflowPolicy(policy)
+        self._items: deque[Item] = deque()
+        self._messages = 0
+        self.dropped = 0
+        self.overflowed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def messages(self) -> int:
+        """Messages waiting (notices not counted)."""
+        return self._messages
+
+    def push(self, channel: bytes, pattern: bytes | None, payloads: list[bytes]) -> bool:
+        """Append a run of messages; returns False if the queue overflowed under ``close``."""
+        if self.overflowed:
+            self.dropped += len(payloads)
+            return False
+        room = self.bound - self._messages
+        count = len(payloads)
+        if count <= room:
+            self._items.extend(zip(repeat(channel), repeat(pattern), payloads, strict=False))
+            self._messages += count
+            return True
+        if self.policy is _DROP_NEWEST:
+            self._items.extend(
+                zip(repeat(channel), repeat(pattern), islice(payloads, room), strict=False)
+            )
+            self._messages += room
+            self.dropped += count - room
+            return True
+        if self.policy is _DROP_OLDEST:
+            excess = count - room
+            if excess >= self._messages:  # every buffered message goes, and some of the run
+                self.dropped += excess
+                skip = excess - self._messages
+                self._drop_all_messages()
+                payloads = payloads[skip:]
+                count -= skip
+            else:
+                self._drop_oldest(excess)
+            self._items.extend(zip(repeat(channel), repeat(pattern), payloads, strict=False))
+            self._messages += count
+            return True
+        self.overflowed = True
+        self.dropped += count
+        return False
+
+    def push_notice(self, notice: Notice) -> None:
+        self._items.append(notice)
+
+    def _drop_oldest(self, count: int) -> None:
+        items = self._items
+        kept: list[Item] = []
+        while count:
+            item = items.popleft()
+            if item.__class__ is Notice:
+                kept.append(item)
+            else:
+                count -= 1
+                self._messages -= 1
+                self.dropped += 1
+        items.extendleft(reversed(kept))
+
+    def _drop_all_messages(self) -> None:
+        notices = [item for item in self._items if item.__class__ is Notice]
+        self._items.clear()
+        self._items.extend(notices)
+        self._messages = 0
+
+    def take(self, held: Container[bytes]) -> list[Item]:
+        """Everything queued, in order, minus messages of names no longer in ``held``.
+
+        The check at hand-off is what makes ``remove(name)`` final even for messages
+        that were already buffered when it was called.
+        """
+        items = list(self._items)
+        self._items.clear()
+        self._messages = 0
+        return [
+            item
+            for item in items
+            if item.__class__ is Notice
+            or (item[1] if item[1] is not None else item[0]) in held  # type: ignore[index]
+        ]
+
+    def take_one(self, held: Container[bytes]) -> Item | None:
+        """The oldest item still wanted, or None if there is none (for iterators)."""
+        items = self._items
+        while items:
+            item = items.popleft()
+            if item.__class__ is Notice:
+                return item
+            self._messages -= 1
+            channel, pattern, _ = item  # type: ignore[misc]
+            if (pattern if pattern is not None else channel) in held:
+                return item
+        return None
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._messages = 0
