@@ -7,6 +7,7 @@ Drivers (``redismpx_anyio``, ``redismpx_trio``, or your own) do the I/O.
 
 from ._backoff import Backoff
 from ._core import MAX_NAMES_PER_COMMAND, ConnectionState, MultiplexerCore
+from ._delivery import DeliveryQueue, Message, Notice, SubscriptionOverflow
 from ._errors import (
     AuthenticationError,
     ConnectionLost,
@@ -35,6 +36,7 @@ from ._handles import Promise, Subscription, SubscriptionKind
 from ._names import coerce_name, escape_glob
 from ._settings import DEFAULT_MAX_FRAME_SIZE, OverflowPolicy, Settings
 from ._state import NameKind, NameState
+from ._statistics import Statistics
 from ._version import __version__
 
 __all__ = (
@@ -44,6 +46,11 @@ __all__ = (
     "Backoff",
     "DEFAULT_MAX_FRAME_SIZE",
     "MAX_NAMES_PER_COMMAND",
+    "Statistics",
+    # delivery to consumers
+    "DeliveryQueue",
+    "Message",
+    "Notice",
     # configuration
     "Settings",
     "OverflowPolicy",
@@ -69,6 +76,7 @@ __all__ = (
     "RedisMPXError",
     "InactiveSubscription",
     "SubscriptionClosed",
+    "SubscriptionOverflow",
     "PromiseInterrupted",
     "ProtocolError",
     "ConnectionLost",

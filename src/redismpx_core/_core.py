@@ -58,6 +58,7 @@ from ._names import coerce_name, coerce_names, escape_glob
 from ._resp import NOT_ENOUGH_DATA, FrameReader, ParseError, PushFrame, ReplyError, pack_command
 from ._settings import DEFAULT_MAX_FRAME_SIZE
 from ._state import ACTIVE, IDLE, Command, NameKind, NameState, Reply
+from ._statistics import Statistics
 
 __all__ = ("ConnectionState", "MultiplexerCore")
 
@@ -261,6 +262,7 @@ class MultiplexerCore:
         # Counters for statistics().
         self.connections_made = 0
         self.connections_lost = 0
+        self.messages_received = 0
 
     def __repr__(self) -> str:
         return (
@@ -563,6 +565,27 @@ class MultiplexerCore:
         self.state = ConnectionState.CLOSED
         return events
 
+    def statistics(self, *, messages_delivered: int, messages_dropped: int) -> Statistics:
+        """A snapshot of the counters; the driver adds what only it counts."""
+        active = {
+            kind: sum(1 for r in records.values() if r.state is ACTIVE)
+            for kind, records in self._records.items()
+        }
+        return Statistics(
+            connected=self.state is ConnectionState.READY,
+            connections_made=self.connections_made,
+            connections_lost=self.connections_lost,
+            reconnect_attempts=self.backoff.attempts,
+            subscriptions=len(self._subscriptions),
+            active_channels=active[NameKind.CHANNEL],
+            active_patterns=active[NameKind.PATTERN],
+            active_shard_channels=active[NameKind.SHARD],
+            messages_received=self.messages_received,
+            messages_delivered=messages_delivered,
+            messages_dropped=messages_dropped,
+            promises_pending=sum(1 for _, _, p in self._promise_heap if not p.settled),
+        )
+
     def next_reconnect_delay(self) -> float:
         """Seconds to wait before the next connection attempt (counts an attempt)."""
         return self.backoff.next_delay()
@@ -776,7 +799,7 @@ class MultiplexerCore:
                         continue  # another RESP3 push (invalidate, ...): not ours to handle
                 run = 0
                 self._reply(frame, events, now)
-            if reader.exceeds_bound(completed, len(data)):
+            if reader.exceeds_bound(completed):
                 raise ProtocolError(
                     f"a reply exceeds max_frame_size ({self.max_frame_size} bytes)"
                 )
@@ -789,6 +812,10 @@ class MultiplexerCore:
         except (IndexError, TypeError, KeyError, AttributeError, ValueError):
             self._break(events)
             raise ProtocolError("a Pub/Sub frame of the wrong shape") from None
+        if events:
+            self.messages_received += sum(
+                len(e.payloads) for e in events if e.__class__ is MessagesReceived
+            )
         return events
 
     def _deliver(

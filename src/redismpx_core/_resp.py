@@ -42,10 +42,12 @@ class FrameReader:
     """A hiredis Reader with a bound on the bytes of one incomplete frame.
 
     hiredis has no limit of its own: a server announcing a bulk string of 2**40
-    bytes would have us buffer whatever it sends. We count the bytes fed since
-    the last complete frame; when a frame completes we cannot tell how much of the
-    chunk it used, so we count the whole chunk, which overestimates by at most one
-    chunk. Past ``max_frame_size`` the stream is rejected.
+    bytes would have us buffer whatever it sends. While no frame completes, every
+    byte fed belongs to the incomplete frame and is counted. When frames complete,
+    the bytes left in hiredis' buffer (``Reader.len()``, which keeps less than 1 KiB
+    of consumed input) are what the next frame has so far; an aggregate's elements
+    already parsed out of that buffer are missed, so the count can fall short by one
+    read chunk at most. Past ``max_frame_size`` the stream is rejected.
 
     After a :data:`ParseError` this reader is broken for good (hiredis keeps its
     error state): make a new one per connection.
@@ -64,8 +66,8 @@ class FrameReader:
         self._reader.feed(data)
         self._partial += len(data)
 
-    def exceeds_bound(self, completed_frames: bool, chunk_size: int) -> bool:
+    def exceeds_bound(self, completed_frames: bool) -> bool:
         """Account for one drained chunk; true if the incomplete frame is too big."""
         if completed_frames:
-            self._partial = chunk_size
+            self._partial = self._reader.len()
         return self._partial > self.max_frame_size
