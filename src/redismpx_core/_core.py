@@ -289,6 +289,16 @@ class MultiplexerCore:
         sub = self.open_subscription(SubscriptionKind.PATTERN, owner)
         return sub, self._add(sub, [name])
 
+    def add_pattern(self, sub: Subscription, pattern: object) -> list[Event]:
+        """Give an empty pattern subscription its one pattern."""
+        self._check_sub(sub)
+        if sub.kind is not SubscriptionKind.PATTERN:
+            raise TypeError(f"add_pattern() needs a pattern subscription, not {sub.kind.value}")
+        name = coerce_name(pattern, "pattern")
+        if sub.names:
+            raise ValueError("a pattern subscription holds exactly one pattern")
+        return self._add(sub, [name])
+
     def open_promise_subscription(
         self, prefix: object, owner: Any = None
     ) -> tuple[Subscription, list[Event]]:

@@ -32,6 +32,10 @@ ReplyError: Final = hiredis.ReplyError
 ParseError: Final = hiredis.ProtocolError
 
 
+#: hiredis drops consumed input from its buffer once it has consumed this much.
+_HIREDIS_KEEPS_CONSUMED: Final = 1023
+
+
 def pack_command(*args: bytes | str | int) -> bytes:
     """Encode one command as a RESP array of bulk strings."""
     # hiredis' stub types the argument as a 1-tuple; it takes any number of items.
@@ -44,10 +48,12 @@ class FrameReader:
     hiredis has no limit of its own: a server announcing a bulk string of 2**40
     bytes would have us buffer whatever it sends. While no frame completes, every
     byte fed belongs to the incomplete frame and is counted. When frames complete,
-    the bytes left in hiredis' buffer (``Reader.len()``, which keeps less than 1 KiB
-    of consumed input) are what the next frame has so far; an aggregate's elements
-    already parsed out of that buffer are missed, so the count can fall short by one
-    read chunk at most. Past ``max_frame_size`` the stream is rejected.
+    the bytes left in hiredis' buffer are what the next frame has so far:
+    ``Reader.len()`` minus the consumed input hiredis keeps until it has consumed
+    1 KiB (so we subtract the most it can keep). An aggregate's elements already
+    parsed out of the buffer are missed, so the count can fall short by one read
+    chunk plus 1 KiB, never overshoot: a frame within the bound is never refused.
+    Past ``max_frame_size`` the stream is rejected.
 
     After a :data:`ParseError` this reader is broken for good (hiredis keeps its
     error state): make a new one per connection.
@@ -69,5 +75,5 @@ class FrameReader:
     def exceeds_bound(self, completed_frames: bool) -> bool:
         """Account for one drained chunk; true if the incomplete frame is too big."""
         if completed_frames:
-            self._partial = self._reader.len()
+            self._partial = self._reader.len() - _HIREDIS_KEEPS_CONSUMED
         return self._partial > self.max_frame_size
