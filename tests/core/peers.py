@@ -97,9 +97,7 @@ class SocketPeer:
             self.closed = True
             self.sock.close()
 
-    def recv_until(
-        self, predicate: Callable[[bytes], bool], timeout: float = 5.0
-    ) -> bytes:
+    def recv_until(self, predicate: Callable[[bytes], bool], timeout: float = 5.0) -> bytes:
         """Raw bytes until ``predicate(all bytes so far)`` holds (for debugging a peer)."""
         deadline = time.monotonic() + timeout
         buffer = b""
@@ -138,7 +136,7 @@ class FakePeer:
     def send(self, data: bytes) -> None:
         self.connection.feed(data)
 
-    def recv(self, timeout: float) -> bytes | None:  # noqa: ARG002 - the fake is synchronous
+    def recv(self, timeout: float) -> bytes | None:  # the fake is synchronous: no waiting
         if self.offset >= len(self.buffer):
             self.buffer = bytes(self.connection.take())
             self.offset = 0

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from core.fake_redis import FakeRedis
 from core.peers import FakePeer, Harness, SocketPeer, commands_in, normalise
 from redis_servers import RedisServer, acl_user, require_redis7
 from redismpx_core import (
@@ -111,11 +112,20 @@ class RealBackend:
         return int(self.server.command("PUBSUB", "NUMPAT"))
 
     def kill_pubsub_clients(self) -> int:
-        return self.server.kill_clients("pubsub")
+        return int(self.server.kill_clients("pubsub"))
+
+    def pubsub_clients(self) -> list[tuple[str, int]]:
+        """(name, db) of every client in Pub/Sub mode."""
+        listing = self.server.command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+        clients = []
+        for line in listing.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            clients.append((fields["name"], int(fields["db"])))
+        return clients
 
 
 class FakeBackend:
-    def __init__(self, fake: Any, *, chunks: tuple[int, ...] | None = None) -> None:
+    def __init__(self, fake: FakeRedis, *, chunks: tuple[int, ...] | None = None) -> None:
         self.fake = fake
         self.chunks = chunks
         self.name = "fake" if chunks is None else "fake-split"
@@ -144,12 +154,19 @@ class FakeBackend:
     def kill_pubsub_clients(self) -> int:
         return int(self.fake.kill_pubsub_clients())
 
+    def pubsub_clients(self) -> list[tuple[str, int]]:
+        return [
+            ((c.name or b"").decode(), c.db)
+            for c in self.fake.connections
+            if c.in_subscribed_mode()
+        ]
+
 
 Backend = RealBackend | FakeBackend
+MakeBackend = Callable[..., Backend]
 
 #: Read sizes the ``fake-split`` backend cycles through.
 SPLIT_READS = (1, 3, 7, 2, 64, 5)
-MakeBackend = Callable[..., Backend]
 
 
 def _start_real(request: pytest.FixtureRequest, config: Config) -> RealBackend:
@@ -162,8 +179,6 @@ def _start_real(request: pytest.FixtureRequest, config: Config) -> RealBackend:
 
 
 def _start_fake(config: Config, chunks: tuple[int, ...] | None) -> FakeBackend:
-    from core.fake_redis import FakeRedis
-
     options: dict[str, Any] = {}
     if config.password is not None:
         options["password"] = config.password
@@ -218,15 +233,20 @@ def test_channel_batch_subscribe_deliver_unsubscribe(backend: Backend, protocol:
     h = Harness(core, backend.peer())
 
     assert h.run_until_events(5) == [EST, *act("A", "a:1", "a:2", "a:3"), *act("K", "a:keep")]
-    assert subscribe_commands(h.take_sent()) == [
-        [b"SUBSCRIBE", b"a:1", b"a:2", b"a:3", b"a:keep"]
-    ]
+    assert subscribe_commands(h.take_sent()) == [[b"SUBSCRIBE", b"a:1", b"a:2", b"a:3", b"a:keep"]]
     assert backend.numsub("a:1", "a:2", "a:3", "a:keep") == {
-        "a:1": 1, "a:2": 1, "a:3": 1, "a:keep": 1
+        "a:1": 1,
+        "a:2": 1,
+        "a:3": 1,
+        "a:keep": 1,
     }
 
     assert [backend.publish(c, d) for c, d in [("a:1", "x"), ("a:2", "y"), ("a:1", "z")]] == [1] * 3
-    assert h.run_until_events(3) == [msg("A", "a:1", "x"), msg("A", "a:2", "y"), msg("A", "a:1", "z")]
+    assert h.run_until_events(3) == [
+        msg("A", "a:1", "x"),
+        msg("A", "a:2", "y"),
+        msg("A", "a:1", "z"),
+    ]
 
     core.remove(a, ["a:1", "a:2", "a:3", "never-held"])
     h.flush()
@@ -294,9 +314,7 @@ def test_sharded_subscribe_and_spublish(backend: Backend, protocol: int) -> None
     h = Harness(core, backend.peer())
 
     # Channels and shard channels are separate name spaces, even for one name.
-    assert h.run_until_events(4) == [
-        EST, *act("S", "{room}.a", "{room}.b"), *act("C", "{room}.a")
-    ]
+    assert h.run_until_events(4) == [EST, *act("S", "{room}.a", "{room}.b"), *act("C", "{room}.a")]
     assert subscribe_commands(h.take_sent()) == [
         [b"SSUBSCRIBE", b"{room}.a", b"{room}.b"],
         [b"SUBSCRIBE", b"{room}.a"],
@@ -380,6 +398,34 @@ def test_auth_missing_password(make_backend: MakeBackend, protocol: int) -> None
     assert h.lose(raised.value) == [("disconnected", "A", "AuthenticationError")]
 
 
+@protocols
+def test_handshake_selects_the_db_and_names_the_client(
+    make_backend: MakeBackend, protocol: int
+) -> None:
+    backend = make_backend(password="s3cret")
+    core = new_core(protocol, password="s3cret", db=3, client_name="mpx-test")
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["h:1"])
+    h = Harness(core, backend.peer())
+    assert h.run_until_events(2) == [EST, *act("A", "h:1")]
+    sent = h.take_sent()
+    if protocol == 3:
+        assert sent[:2] == [
+            [b"HELLO", b"3", b"AUTH", b"default", b"s3cret", b"SETNAME", b"mpx-test"],
+            [b"SELECT", b"3"],
+        ]
+    else:
+        assert sent[:3] == [
+            [b"AUTH", b"s3cret"],
+            [b"SELECT", b"3"],
+            [b"CLIENT", b"SETNAME", b"mpx-test"],
+        ]
+    assert backend.pubsub_clients() == [("mpx-test", 3)]
+    # Pub/Sub ignores the db: a publisher on db 0 reaches the subscriber on db 3.
+    assert backend.publish("h:1", "any db") == 1
+    assert h.run_until_events(1) == [msg("A", "h:1", "any db")]
+
+
 # --------------------------------------------------------------------------- (e) ACL
 
 
@@ -405,7 +451,9 @@ def test_acl_denied_name_is_rejected_alone(make_backend: MakeBackend, protocol: 
         assert handshake == [[b"AUTH", b"alice", b"pw"]]
     assert list(a.names) == [b"allowed:1", b"allowed:2"]
     assert backend.numsub("allowed:1", "denied:1", "allowed:2") == {
-        "allowed:1": 1, "denied:1": 0, "allowed:2": 1
+        "allowed:1": 1,
+        "denied:1": 0,
+        "allowed:2": 1,
     }
 
     # A refused pattern, and a later refusal of the same channel for another holder.
@@ -446,7 +494,10 @@ def test_reconnect_resubscribes(backend: Backend, protocol: int, how: str) -> No
         assert backend.kill_pubsub_clients() == 1
         h.run_until(lambda: h.eof)
         assert h.take() == []
-    expected_lost = [("disconnected", "A", "ConnectionLost"), ("disconnected", "P", "ConnectionLost")]
+    expected_lost = [
+        ("disconnected", "A", "ConnectionLost"),
+        ("disconnected", "P", "ConnectionLost"),
+    ]
     assert h.lose(lost) == expected_lost
     assert h.take() == expected_lost
     assert core.state is ConnectionState.DISCONNECTED
@@ -507,8 +558,10 @@ def test_two_thousand_names_in_one_go(backend: Backend, protocol: int) -> None:
     assert backend.publish("bulk:0", "first") == 1
     assert backend.publish("bulk:1999", "last") == 1
     assert h.run_until_events(4) == [
-        msg("A", "bulk:0", "first"), msg("B", "bulk:0", "first"),
-        msg("A", "bulk:1999", "last"), msg("B", "bulk:1999", "last"),
+        msg("A", "bulk:0", "first"),
+        msg("B", "bulk:0", "first"),
+        msg("A", "bulk:1999", "last"),
+        msg("B", "bulk:1999", "last"),
     ]
 
     core.clear(a)
@@ -532,16 +585,25 @@ def test_one_name_in_three_subscriptions(backend: Backend, protocol: int) -> Non
     core.add(keep, ["i:keep"])
     h = Harness(core, backend.peer())
 
-    assert h.run_until_events(5) == [EST, *act("A", "shared"), *act("B", "shared"),
-                                     *act("C", "shared"), *act("K", "i:keep")]
+    assert h.run_until_events(5) == [
+        EST,
+        *act("A", "shared"),
+        *act("B", "shared"),
+        *act("C", "shared"),
+        *act("K", "i:keep"),
+    ]
     assert subscribe_commands(h.take_sent()) == [[b"SUBSCRIBE", b"shared", b"i:keep"]]
     assert backend.numsub("shared") == {"shared": 1}
 
     assert backend.publish("shared", "m1") == 1
     assert backend.publish("shared", "m2") == 1
     assert h.run_until_events(6) == [
-        msg("A", "shared", "m1"), msg("B", "shared", "m1"), msg("C", "shared", "m1"),
-        msg("A", "shared", "m2"), msg("B", "shared", "m2"), msg("C", "shared", "m2"),
+        msg("A", "shared", "m1"),
+        msg("B", "shared", "m1"),
+        msg("C", "shared", "m1"),
+        msg("A", "shared", "m2"),
+        msg("B", "shared", "m2"),
+        msg("C", "shared", "m2"),
     ]
 
     core.remove(subs["A"], ["shared"])
@@ -643,7 +705,7 @@ def test_binary_names_and_payloads(backend: Backend, protocol: int) -> None:
     a = core.open_subscription(CHANNEL, "A")
     binary = b"bin\x00\xff \r\n*3\r\n"
     core.add(a, [binary, "ünïcode"])
-    p, _ = core.open_pattern_subscription(b"pat\x00*", "P")
+    core.open_pattern_subscription(b"pat\x00*", "P")
     h = Harness(core, backend.peer())
     assert h.run_until_events(4) == [EST, *act("A", binary, "ünïcode"), *act("P", b"pat\x00*")]
 
@@ -662,9 +724,7 @@ def test_binary_names_and_payloads(backend: Backend, protocol: int) -> None:
 
 
 @protocols
-def test_a_frame_over_max_frame_size_drops_the_connection(
-    backend: Backend, protocol: int
-) -> None:
+def test_a_frame_over_max_frame_size_drops_the_connection(backend: Backend, protocol: int) -> None:
     core = new_core(protocol, max_frame_size=16 * 1024)
     a = core.open_subscription(CHANNEL, "A")
     core.add(a, ["f:1"])
@@ -684,9 +744,7 @@ def test_a_frame_over_max_frame_size_drops_the_connection(
 
 
 @protocols
-def test_a_burst_of_small_frames_is_not_an_oversized_frame(
-    backend: Backend, protocol: int
-) -> None:
+def test_a_burst_of_small_frames_is_not_an_oversized_frame(backend: Backend, protocol: int) -> None:
     # Every frame is ~130 bytes, far below max_frame_size; only their sum, read in
     # one chunk, is above it.
     core = new_core(protocol, max_frame_size=4096)
@@ -699,6 +757,23 @@ def test_a_burst_of_small_frames_is_not_an_oversized_frame(
     for payload in payloads:
         assert backend.publish("burst", payload) == 1
     assert h.run_until_events(100) == [msg("A", "burst", p) for p in payloads]
+    assert core.state is ConnectionState.READY
+
+
+@protocols
+def test_a_frame_just_under_max_frame_size_is_accepted(backend: Backend, protocol: int) -> None:
+    # The last frame is 4073 bytes on the wire, under max_frame_size, whatever the
+    # reads it arrives in (fake-split reads a few bytes at a time).
+    core = new_core(protocol, max_frame_size=4096)
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, ["near"])
+    h = Harness(core, backend.peer())
+    assert h.run_until_events(2) == [EST, *act("A", "near")]
+
+    payloads = [b"s" * 40] * 9 + [b"B" * 4040]
+    for payload in payloads:
+        assert backend.publish("near", payload) == 1
+    assert h.run_until_events(10) == [msg("A", "near", p) for p in payloads]
     assert core.state is ConnectionState.READY
 
 
@@ -775,9 +850,10 @@ def test_random_changes_converge(backend: Backend, protocol: int, seed: int) -> 
     counts = {n: int(bool(holders[n])) for n in names}
 
     def converged() -> bool:
-        return all(
-            core.is_active(subs[o], n.encode()) for o in "AB" for n in wanted[o]
-        ) and backend.numsub(*names) == counts
+        return (
+            all(core.is_active(subs[o], n.encode()) for o in "AB" for n in wanted[o])
+            and backend.numsub(*names) == counts
+        )
 
     h.run_until(converged)
     h.take()
