@@ -79,9 +79,11 @@ class Multiplexer(MultiplexerBase):
         task_group = self._task_group
         assert task_group is not None
         task_group.cancel_scope.cancel()
-        # Our tasks catch everything they expect, so the group has nothing of its own
-        # to raise: the body's exception (if any) propagates as it is.
-        return await task_group.__aexit__(exc_type, exc, traceback)
+        # The body's exception is not handed to the task group, which would wrap it in
+        # an ExceptionGroup; our tasks raise nothing of their own, so it propagates
+        # from here as it is.
+        await task_group.__aexit__(None, None, None)
+        return None
 
     def _wake_writer(self) -> None:
         if self._runner is not None:

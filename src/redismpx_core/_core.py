@@ -718,7 +718,7 @@ class MultiplexerCore:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes, now: float) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray, now: float) -> list[Event]:
         """Feed bytes read from the socket; returns the events they complete.
 
         Raises :class:`ProtocolError` for malformed or out-of-turn replies and

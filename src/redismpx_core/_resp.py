@@ -68,7 +68,7 @@ class FrameReader:
         #: hiredis' own bound method: the hot loop calls it once per frame.
         self.gets: Callable[[], Any] = self._reader.gets
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self._reader.feed(data)
         self._partial += len(data)
 

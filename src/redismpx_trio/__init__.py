@@ -1,8 +1,54 @@
-"""trio driver for redismpx.
+"""redismpx_trio: the Redis Pub/Sub multiplexer on trio alone (no anyio layer)."""
 
-Not built yet: this package is a placeholder so that the distribution already ships
-its three import packages. The driver will run the sans-I/O ``redismpx_core`` state
-machine over a trio stream.
-"""
+from redismpx_core import (
+    AuthenticationError,
+    ConnectionLost,
+    HealthCheckTimeout,
+    InactiveSubscription,
+    Message,
+    OverflowPolicy,
+    PromiseInterrupted,
+    ProtocolError,
+    RedisMPXError,
+    ServerError,
+    Statistics,
+    SubscriptionClosed,
+    SubscriptionOverflow,
+    __version__,
+)
+from redismpx_core._frontend import (
+    ChannelSubscription,
+    MessageIterator,
+    PatternSubscription,
+    Promise,
+    PromiseSubscription,
+    ShardedSubscription,
+)
 
-__all__: tuple[str, ...] = ()
+from ._multiplexer import Multiplexer
+
+__all__ = (
+    # the multiplexer and what it hands out
+    "Multiplexer",
+    "ChannelSubscription",
+    "PatternSubscription",
+    "ShardedSubscription",
+    "PromiseSubscription",
+    "Promise",
+    "MessageIterator",
+    "Message",
+    "Statistics",
+    "OverflowPolicy",
+    # errors
+    "RedisMPXError",
+    "InactiveSubscription",
+    "SubscriptionClosed",
+    "SubscriptionOverflow",
+    "PromiseInterrupted",
+    "ProtocolError",
+    "ConnectionLost",
+    "HealthCheckTimeout",
+    "ServerError",
+    "AuthenticationError",
+    "__version__",
+)

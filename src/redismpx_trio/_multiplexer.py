@@ -1,0 +1,108 @@
+"""The trio Multiplexer: the shared front end, a nursery, and connection runners."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, final
+
+import trio
+import trio.lowlevel
+
+from redismpx_core._frontend import MultiplexerBase, Signal
+
+from ._runner import ConnectionRunner
+
+__all__ = ("Multiplexer",)
+
+
+class _TrioLoop:
+    """The front end's view of trio: events, tasks, the clock, checkpoints."""
+
+    __slots__ = ("_nursery",)
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def new_signal(self) -> Signal:
+        return trio.Event()
+
+    def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._nursery.start_soon(fn)
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    async def checkpoint(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@final
+class Multiplexer(MultiplexerBase):
+    """Many Pub/Sub subscriptions over one Redis connection, on trio.
+
+    ``async with Multiplexer("redis://localhost:6379/0") as mpx: ...`` The multiplexer
+    owns a nursery for its connections and its subscriptions' consumers; leaving the
+    block closes everything: sockets, subscriptions, pending promises and waiters.
+    """
+
+    _random = staticmethod(random.random)
+
+    def __init__(self, url: str = "redis://localhost:6379/0", **options: Any) -> None:
+        super().__init__(url, **options)
+        self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._runner: ConnectionRunner | None = None
+        self._publisher: ConnectionRunner | None = None
+
+    async def __aenter__(self) -> Multiplexer:
+        if self._started or self._closed:
+            raise RuntimeError("a Multiplexer can be entered only once")
+        manager = trio.open_nursery()
+        nursery = await manager.__aenter__()
+        self._nursery_manager = manager
+        self._nursery = nursery
+        self._start(_TrioLoop(nursery))
+        self._runner = ConnectionRunner(
+            self._core, self.settings, self._dispatch, self._connection_lost, "subscriber"
+        )
+        nursery.start_soon(self._runner.run)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        self._close()
+        assert self._nursery is not None
+        assert self._nursery_manager is not None
+        self._nursery.cancel_scope.cancel()
+        # The body's exception is not handed to the nursery, which would wrap it in an
+        # ExceptionGroup; our tasks raise nothing of their own, so it propagates from
+        # here as it is.
+        await self._nursery_manager.__aexit__(None, None, None)
+        return None
+
+    def _wake_writer(self) -> None:
+        if self._runner is not None:
+            self._runner.wake()
+
+    def _wake_publisher(self) -> None:
+        if self._publisher is not None:
+            self._publisher.wake()
+
+    def _start_publisher(self) -> None:
+        assert self._nursery is not None
+        assert self._publisher_core is not None
+        self._publisher = ConnectionRunner(
+            self._publisher_core,
+            self.settings,
+            self._dispatch_publisher,
+            self._publisher_connection_lost,
+            "publisher",
+        )
+        self._nursery.start_soon(self._publisher.run)
