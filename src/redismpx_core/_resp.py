@@ -69,7 +69,7 @@ class FrameReader:
         self.gets: Callable[[], Any] = self._reader.gets
 
     def feed(self, data: bytes | bytearray) -> None:
-        self._reader.feed(data)
+        self._reader.feed(data)  # type: ignore[arg-type]  # the stub is narrower than hiredis
         self._partial += len(data)
 
     def exceeds_bound(self, completed_frames: bool) -> bool:
