@@ -342,6 +342,10 @@ class MultiplexerCore:
         self._subscriptions.pop(sub, None)
         return self._fail_promises(sub, SubscriptionClosed("the subscription was closed"))
 
+    def subscription_owners(self) -> list[Any]:
+        """The owners of every open subscription (for a driver that must wake them)."""
+        return [sub.owner for sub in self._subscriptions]
+
     def is_active(self, sub: Subscription, name: bytes) -> bool:
         """True if ``sub`` holds ``name`` and Redis has confirmed it on this connection."""
         if name not in sub.names:

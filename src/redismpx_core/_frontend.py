@@ -294,6 +294,10 @@ class _Consumer:
         except Exception as exc:
             _report(label, exc)
 
+    def _multiplexer_closed(self) -> None:
+        if self._signal is not None:
+            self._signal.set()
+
     @property
     def closed(self) -> bool:
         """True once the subscription (or its multiplexer) is closed."""
@@ -464,6 +468,9 @@ class PromiseSubscription:
     def _rejected(self, name: bytes, error: ServerError) -> None:
         logger.error("redismpx: promise prefix %r refused by the server: %s", self.prefix, error)
 
+    def _multiplexer_closed(self) -> None:
+        self._active.set()  # wait_for_activation() sees the subscription closed
+
     async def wait_for_activation(self) -> None:
         """Wait until promises can be made (again, after a reconnect)."""
         while True:
@@ -596,6 +603,9 @@ class MessageIterator:
         self._waiting.discard(name)
         self._signal.set()
 
+    def _multiplexer_closed(self) -> None:
+        self._end(SubscriptionClosed("the multiplexer was closed"))
+
     def _end(self, error: RedisMPXError) -> None:
         if self._error is None:
             self._error = error
@@ -689,7 +699,10 @@ class MultiplexerBase:
         if self._closed:
             return
         self._closed = True
+        owners = self._core.subscription_owners()
         self._dispatch(self._core.close())
+        for owner in owners:
+            owner._multiplexer_closed()
         if self._publisher_core is not None:
             self._dispatch_publisher(self._publisher_core.close())
         for waiter in self._publishes.values():
