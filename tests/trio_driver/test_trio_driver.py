@@ -146,11 +146,11 @@ def test_closing_wakes_waiters_with_subscription_closed(redis_server: RedisServe
             except SubscriptionClosed:
                 outcomes.append("closed")
 
-        async with trio.open_nursery() as nursery:
-            async with Multiplexer("redis://127.0.0.1:1") as mpx:  # never connects
-                promises = mpx.new_promise_subscription("p-")
-                nursery.start_soon(wait_activation, promises)
-                await trio.testing.wait_all_tasks_blocked()
+        # Port 1: nothing listens, so the subscription never becomes active.
+        async with trio.open_nursery() as nursery, Multiplexer("redis://127.0.0.1:1") as mpx:
+            promises = mpx.new_promise_subscription("p-")
+            nursery.start_soon(wait_activation, promises)
+            await trio.testing.wait_all_tasks_blocked()
         return outcomes
 
     assert trio.run(body) == ["closed"]
