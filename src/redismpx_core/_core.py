@@ -477,8 +477,6 @@ class MultiplexerCore:
             for record in records.values():
                 if record.holders:
                     self._dirty[record] = None
-        if not self._handshake_pending:
-            return self._handshake_completed(now)
         return []
 
     def _handshake_commands(self) -> list[bytes]:
@@ -499,6 +497,11 @@ class MultiplexerCore:
             commands.append(pack_command(b"SELECT", self.db))
         if self.client_name and self.protocol == 2:
             commands.append(pack_command(b"CLIENT", b"SETNAME", self.client_name))
+        if not commands:
+            # The connection counts as up only once the server has answered something:
+            # a server that accepts and never speaks (frozen, or refusing us with "max
+            # number of clients") must not look connected.
+            commands.append(pack_command(b"PING"))
         return commands
 
     def _handshake_completed(self, now: float) -> list[Event]:

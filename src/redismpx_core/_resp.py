@@ -75,5 +75,5 @@ class FrameReader:
     def exceeds_bound(self, completed_frames: bool) -> bool:
         """Account for one drained chunk; true if the incomplete frame is too big."""
         if completed_frames:
-            self._partial = self._reader.len() - _HIREDIS_KEEPS_CONSUMED
+            self._partial = max(0, self._reader.len() - _HIREDIS_KEEPS_CONSUMED)
         return self._partial > self.max_frame_size

@@ -48,7 +48,11 @@ def ready_core(protocol: int = 2, **options: object) -> MultiplexerCore:
         assert core.data_to_send() == arr("HELLO", "3")
         core.receive_data(b"%1\r\n+proto\r\n:3\r\n", 0.0)
     else:
-        assert core.connection_made(0.0) == [ConnectionEstablished()]
+        # With nothing else to say, the handshake is a PING: the connection counts as
+        # up only once the server has answered something.
+        assert core.connection_made(0.0) == []
+        assert core.data_to_send() == arr("PING")
+        assert core.receive_data(b"+PONG\r\n", 0.0) == [ConnectionEstablished()]
     assert core.state is ConnectionState.READY
     assert core.handle_timeout(0.5) == []
     return core
@@ -219,7 +223,7 @@ def test_remove_while_disconnected_sends_nothing_on_reconnect() -> None:
     core.connection_lost(ConnectionLost("reset"))
     core.remove(a, ["x"])
     core.connection_made(1.0)
-    assert core.data_to_send() == arr("SUBSCRIBE", "y")
+    assert core.data_to_send() == arr("PING") + arr("SUBSCRIBE", "y")
 
 
 def test_close_twice_and_use_after_close() -> None:
@@ -460,6 +464,24 @@ def test_max_clients_at_accept_is_a_server_error() -> None:
     assert not isinstance(raised.value, AuthenticationError)
 
 
+def test_a_server_that_refuses_at_accept_never_counts_as_connected() -> None:
+    core = new_core()
+    core.add(core.open_subscription(CHANNEL, "A"), ["x"])
+    assert core.connection_made(0.0) == []
+    assert core.data_to_send() == arr("PING") + arr("SUBSCRIBE", "x")
+    with pytest.raises(ServerError):
+        core.receive_data(b"-ERR max number of clients reached\r\n", 0.0)
+    first = core.connection_lost(ConnectionLost("x"))
+    assert [type(e) for e in first] == [SubscriptionDisconnected]
+    for _ in range(3):  # every later refusal is the same outage: nobody is told again
+        core.connection_made(1.0)
+        core.data_to_send()
+        with pytest.raises(ServerError):
+            core.receive_data(b"-ERR max number of clients reached\r\n", 1.0)
+        assert core.connection_lost(ConnectionLost("x")) == []
+        assert core.state is ConnectionState.DISCONNECTED
+
+
 # ------------------------------------------------------------- per-name server errors (SPEC 3.12)
 
 
@@ -622,14 +644,15 @@ def test_disconnect_notifies_each_holder_once_per_outage_and_reconnect_reactivat
     assert not core.is_active(a, b"x")
     # A failed attempt during the same outage tells nobody again.
     assert core.connection_lost(ConnectionLost("refused")) == []
-    established = core.connection_made(1.0)
-    if protocol == 3:
-        assert established == []
-        assert core.data_to_send().startswith(arr("HELLO", "3"))
-        core.receive_data(b"%0\r\n", 1.0)
-    else:
-        assert established == [ConnectionEstablished()]
-        assert core.data_to_send() == arr("SUBSCRIBE", "x", "y")
+    assert core.connection_made(1.0) == []
+    handshake = arr("HELLO", "3") if protocol == 3 else arr("PING")
+    assert core.data_to_send() == handshake + arr("SUBSCRIBE", "x", "y")
+    # Not up before the server answers: a failed attempt now would tell nobody again.
+    assert core.connection_lost(ConnectionLost("refused")) == []
+    core.connection_made(1.0)
+    core.data_to_send()
+    answer = b"%0\r\n" if protocol == 3 else b"+PONG\r\n"
+    assert core.receive_data(answer, 1.0) == [ConnectionEstablished()]
     events = core.receive_data(confirm(protocol, "subscribe", "x", "y"), 1.0)
     assert events == [NameActivated("A", b"x"), NameActivated("A", b"y"), NameActivated("B", b"y")]
     # The next loss is a new outage: told again.
@@ -651,10 +674,12 @@ def test_backoff_grows_to_the_cap_and_resets_after_a_stable_connection() -> None
     delays = [core.next_reconnect_delay() for _ in range(6)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     core.connection_made(100.0)
+    core.receive_data(b"+PONG\r\n", 100.0)  # the handshake
     assert core.next_deadline() == 104.0  # stability timer: one cap
     core.connection_lost(ConnectionLost("dropped early"))
     assert core.next_reconnect_delay() == 4.0  # an early drop does not reset
     core.connection_made(200.0)
+    core.receive_data(b"+PONG\r\n", 200.0)
     core.handle_timeout(204.0)
     assert core.next_reconnect_delay() == 0.5
 

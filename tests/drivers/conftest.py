@@ -31,7 +31,7 @@ class Driver:
     backend: str
 
     @property
-    def Multiplexer(self) -> Any:  # noqa: N802 - mirrors the driver's class name
+    def Multiplexer(self) -> Any:  # mirrors the driver's class name
         return self.module.Multiplexer
 
     def run(self, body: Callable[[], Awaitable[Any]]) -> Any:
@@ -49,9 +49,15 @@ def driver(request: pytest.FixtureRequest) -> Driver:
 
 
 async def wait_until(
-    condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.005
+    condition: Callable[[], object],
+    timeout: float = 5.0,  # noqa: ASYNC109 - a test helper's deadline, named as pytest's
+    interval: float = 0.005,
 ) -> None:
-    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds.
+
+    For state that no event announces (the server's PUBSUB counts, CLIENT LIST);
+    where the library offers an event or a callback, tests wait on that instead.
+    """
     with anyio.fail_after(timeout):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - polls state outside this process
             await anyio.sleep(interval)
