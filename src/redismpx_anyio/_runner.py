@@ -56,25 +56,26 @@ class ConnectionRunner:
         task_status.started()
         target = self._settings.redacted_url()
         while True:
-            error = await self._connection(target)
+            error, connected = await self._connection(target)
             self._on_lost()
             self._dispatch(self.core.connection_lost(error))
             delay = self.core.next_reconnect_delay()
             logger.info(
-                "redismpx %s connection to %s lost (%s); reconnecting in %.3f s",
+                "redismpx %s %s %s (%s); retrying in %.3f s",
                 self._role,
+                "connection lost to" if connected else "could not connect to",
                 target,
                 error,
                 delay,
             )
             await anyio.sleep(delay)
 
-    async def _connection(self, target: str) -> RedisMPXError:
-        """One connection attempt, start to end; returns why it ended."""
+    async def _connection(self, target: str) -> tuple[RedisMPXError, bool]:
+        """One connection attempt, start to end: why it ended, and whether it was made."""
         try:
             stream = await open_stream(self._settings)
         except RedisMPXError as exc:
-            return exc
+            return exc, False
         logger.info("redismpx %s connected to %s", self._role, target)
         self._error = None
         try:
@@ -86,7 +87,7 @@ class ConnectionRunner:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
                 await stream.aclose()
         assert self._error is not None
-        return self._error
+        return self._error, True
 
     def _fail(self, error: RedisMPXError, scope: anyio.CancelScope) -> None:
         if self._error is None:

@@ -103,7 +103,7 @@ def test_reconnect_attempts_back_off_to_a_bounded_rate(
 
     class Count(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if "reconnecting in" in record.getMessage():
+            if "retrying in" in record.getMessage():
                 failures.append(0)
 
     handler = Count()
