@@ -75,14 +75,18 @@ class Multiplexer(MultiplexerBase):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        self._close()
         task_group = self._task_group
         assert task_group is not None
+        # Stop the connections and consumers first, so that no reader feeds a closed
+        # core; then fail what is left (promises, waiters in other tasks).
         task_group.cancel_scope.cancel()
-        # The body's exception is not handed to the task group, which would wrap it in
-        # an ExceptionGroup; our tasks raise nothing of their own, so it propagates
-        # from here as it is.
-        await task_group.__aexit__(None, None, None)
+        try:
+            # The body's exception is not handed to the task group, which would wrap it
+            # in an ExceptionGroup; our tasks raise nothing of their own, so it
+            # propagates from here as it is.
+            await task_group.__aexit__(None, None, None)
+        finally:
+            self._close()
         return None
 
     def _wake_writer(self) -> None:

@@ -704,7 +704,7 @@ class MultiplexerCore:
             action = _state.FLUSH_ACTIONS.get((record.state, wanted))
             if action is None:
                 if record.state is IDLE and not wanted:
-                    del self._records[record.kind][record.name]
+                    self._forget(record)
                 continue
             command, record.state = action
             if record.solo:
@@ -908,7 +908,14 @@ class MultiplexerCore:
         if (state, wanted) in _state.FLUSH_ACTIONS:
             self._dirty[record] = None
         elif state is IDLE and not wanted:
-            del self._records[record.kind][record.name]
+            self._forget(record)
+            self._dirty.pop(record, None)
+
+    def _forget(self, record: _NameRecord) -> None:
+        """Drop an IDLE, unwanted record (only if it is still the current one for its name)."""
+        records = self._records[record.kind]
+        if records.get(record.name) is record:
+            del records[record.name]
 
     def _reply(self, frame: Any, events: list[Event], now: float) -> None:
         """A reply that is not a Pub/Sub push: match it with the oldest command in flight."""

@@ -117,6 +117,11 @@ class DeliveryQueue:
         self.dropped += count
         return False
 
+    def discard_messages(self) -> None:
+        """Drop every buffered message (counted as dropped), keep the notices."""
+        self.dropped += self._messages
+        self._drop_all_messages()
+
     def push_notice(self, notice: Notice) -> None:
         self._items.append(notice)
 

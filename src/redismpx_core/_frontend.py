@@ -111,8 +111,10 @@ def _buffer_options(
 ) -> tuple[int, OverflowPolicy]:
     size = mpx.settings.buffer_size if buffer_size is None else buffer_size
     policy = mpx.settings.overflow if overflow is None else overflow
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"buffer_size must be a positive int, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"buffer_size must be an int, not {type(size).__name__}")
+    if size < 1:
+        raise ValueError(f"buffer_size must be >= 1, got {size!r}")
     try:
         return size, OverflowPolicy(policy)
     except ValueError:
@@ -232,6 +234,11 @@ class _Consumer:
         error = SubscriptionOverflow(
             f"the subscription's buffer of {self._queue.bound} messages overflowed"
         )
+        # Closed at once: what it had buffered will never be handed over, so it counts
+        # as dropped too (delivered + dropped = received, whatever the timing).
+        before = self._queue.dropped
+        self._queue.discard_messages()
+        self._mpx._dropped += self._queue.dropped - before
         self._mpx._dispatch(self._mpx._core.close_subscription(self._handle))
         self._mpx._wake_writer()
         if self._on_disconnect is not None:
@@ -438,11 +445,12 @@ class Promise:
 class PromiseSubscription:
     """Networked promises: one PSUBSCRIBE on ``prefix*``; each promise awaits one channel."""
 
-    __slots__ = ("_active", "_handle", "_mpx", "prefix")
+    __slots__ = ("_active", "_error", "_handle", "_mpx", "prefix")
 
     def __init__(self, mpx: MultiplexerBase, prefix: str | bytes) -> None:
         mpx._check_usable()
         self._mpx = mpx
+        self._error: RedisMPXError | None = None
         self._active = mpx._loop.new_signal()
         handle, events = mpx._core.open_promise_subscription(prefix, owner=self)
         self._handle = handle
@@ -466,20 +474,31 @@ class PromiseSubscription:
             self._active = self._mpx._loop.new_signal()
 
     def _rejected(self, name: bytes, error: ServerError) -> None:
-        logger.error("redismpx: promise prefix %r refused by the server: %s", self.prefix, error)
+        # Without its pattern the subscription can never make a promise: it is over,
+        # and its waiters learn why.
+        self._error = error
+        self.close()
 
     def _multiplexer_closed(self) -> None:
         self._active.set()  # wait_for_activation() sees the subscription closed
 
+    def _raise_if_closed(self) -> None:
+        if self._handle.closed:
+            if self._error is not None:
+                raise self._error  # the server refused the prefix (NOPERM...)
+            raise SubscriptionClosed("the promise subscription is closed")
+
     async def wait_for_activation(self) -> None:
-        """Wait until promises can be made (again, after a reconnect)."""
+        """Wait until promises can be made (again, after a reconnect).
+
+        Raises :class:`SubscriptionClosed` once the subscription is closed, or the
+        server's error if it refused the prefix.
+        """
         while True:
-            if self._handle.closed:
-                raise SubscriptionClosed("the promise subscription is closed")
+            self._raise_if_closed()
             if self._active.is_set():
                 await self._mpx._loop.checkpoint()
-                if self._handle.closed:
-                    raise SubscriptionClosed("the promise subscription is closed")
+                self._raise_if_closed()
                 return
             await self._active.wait()
 
@@ -489,6 +508,7 @@ class PromiseSubscription:
         Raises :class:`InactiveSubscription` while the subscription is not active.
         """
         mpx = self._mpx
+        self._raise_if_closed()
         promise = Promise(b"", mpx._loop.new_signal())
         handle = mpx._core.new_promise(self._handle, suffix, timeout, mpx._loop.now(), promise)
         promise.channel = handle.channel
@@ -583,9 +603,12 @@ class MessageIterator:
         queue = self._queue
         before = queue.dropped
         accepted = queue.push(channel, pattern, payloads)
-        self._mpx._dropped += queue.dropped - before
         if not accepted:
+            queue.discard_messages()  # closed at once: never handed over, so dropped
+            self._mpx._dropped += queue.dropped - before
             self._end(SubscriptionOverflow(f"the iterator's buffer of {queue.bound} overflowed"))
+        else:
+            self._mpx._dropped += queue.dropped - before
         self._signal.set()
 
     def _activated(self, name: bytes) -> None:
@@ -602,6 +625,15 @@ class MessageIterator:
             self._error = error
         self._waiting.discard(name)
         self._signal.set()
+
+    @property
+    def dropped(self) -> int:
+        """Messages this iterator lost to its full buffer."""
+        return self._queue.dropped
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
 
     def _multiplexer_closed(self) -> None:
         self._end(SubscriptionClosed("the multiplexer was closed"))

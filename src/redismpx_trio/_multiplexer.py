@@ -77,14 +77,18 @@ class Multiplexer(MultiplexerBase):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        self._close()
         assert self._nursery is not None
         assert self._nursery_manager is not None
+        # Stop the connections and consumers first, so that no reader feeds a closed
+        # core; then fail what is left (promises, waiters in other tasks).
         self._nursery.cancel_scope.cancel()
-        # The body's exception is not handed to the nursery, which would wrap it in an
-        # ExceptionGroup; our tasks raise nothing of their own, so it propagates from
-        # here as it is.
-        await self._nursery_manager.__aexit__(None, None, None)
+        try:
+            # The body's exception is not handed to the nursery, which would wrap it in
+            # an ExceptionGroup; our tasks raise nothing of their own, so it propagates
+            # from here as it is.
+            await self._nursery_manager.__aexit__(None, None, None)
+        finally:
+            self._close()
         return None
 
     def _wake_writer(self) -> None:
