@@ -31,7 +31,15 @@ def map_exceptions() -> Iterator[None]:
     except trio.TooSlowError:
         raise ConnectionLost("connect_timeout expired") from None
     except _IO_ERRORS as exc:
-        raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+        raise ConnectionLost(_describe(exc)) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """The most telling error in the chain: a TLS stream's BrokenResourceError wraps the
+    SSLError that says *why* (certificate verify failed, ...)."""
+    while exc.__cause__ is not None and not str(exc):
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def open_stream(settings: Settings) -> trio.abc.Stream:
@@ -49,6 +57,10 @@ async def open_stream(settings: Settings) -> trio.abc.Stream:
             stream = await trio.open_ssl_over_tcp_stream(
                 settings.host, settings.port, ssl_context=context
             )
-            await stream.do_handshake()  # fail here, inside connect_timeout, not on first read
+            try:
+                await stream.do_handshake()  # fail here, inside connect_timeout
+            except BaseException:
+                await trio.aclose_forcefully(stream)  # or its socket would leak
+                raise
             return stream
         return await trio.open_tcp_stream(settings.host, settings.port)

@@ -21,6 +21,7 @@ import pytest
 DRIVERS = [
     ("anyio-asyncio", "redismpx_anyio", "asyncio"),
     ("anyio-trio", "redismpx_anyio", "trio"),
+    ("trio", "redismpx_trio", "trio"),
 ]
 
 
