@@ -586,6 +586,7 @@ class MessageIterator:
 
     async def __aenter__(self) -> MessageIterator:
         try:
+            await self._mpx._loop.checkpoint()
             while self._waiting and self._error is None:
                 await self._signal.wait()
                 self._signal = self._mpx._loop.new_signal()
@@ -598,6 +599,7 @@ class MessageIterator:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
+        await self._mpx._loop.checkpoint()
 
     def _deliver(self, channel: bytes, pattern: bytes | None, payloads: list[bytes]) -> None:
         queue = self._queue
