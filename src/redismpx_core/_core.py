@@ -331,6 +331,8 @@ class MultiplexerCore:
     def clear(self, sub: Subscription) -> None:
         """Remove every name of a channel or shard subscription."""
         self._check_sub(sub)
+        if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
+            raise TypeError(f"a {sub.kind.value} subscription has a fixed name: close it")
         self._remove(sub, list(sub.names))
 
     def close_subscription(self, sub: Subscription) -> list[Event]:

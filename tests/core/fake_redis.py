@@ -4,12 +4,16 @@ Pure Python apart from ``hiredis.Reader``, which parses the commands a client se
 (arrays of bulk strings). Replies are encoded here (:func:`encode`, RESP2 and RESP3)
 and sit in a per-connection output queue until the test takes them, in any split
 it likes: delayed replies and arbitrary chunking are the test's choice, not ours.
+Several connections may be open at once; a closed one loses its subscriptions at
+once, as when Redis sees the socket close.
 
-What it answers, as Redis 7 does: HELLO (with AUTH and SETNAME), AUTH (one or two
+What it answers, as Redis 7 does (test_fake_redis.py holds it to a real
+redis-server, reply for reply): HELLO (with AUTH and SETNAME), AUTH (one or two
 arguments), SELECT, CLIENT SETNAME/GETNAME/ID, PING, ECHO, QUIT, RESET, PUBLISH,
-SPUBLISH and the SUBSCRIBE family (one confirmation per name). ACL denials
-(:meth:`FakeRedis.deny`) refuse a whole SUBSCRIBE-family command with NOPERM, the way
-Redis 7 does. Anything else is ``-ERR unknown command``.
+SPUBLISH and the SUBSCRIBE family (one confirmation per name, with the connection's
+subscription count; pushes under RESP3). ACLs: :meth:`FakeRedis.deny` and users
+limited to channel patterns; a denied name refuses the whole SUBSCRIBE-family
+command with NOPERM, as Redis 7 does. Anything else is ``-ERR unknown command``.
 
 Bookkeeping for tests: every connection logs the commands it received
 (``commands``), the Pub/Sub messages it wrote with their end offsets in its output
@@ -454,8 +458,10 @@ class FakeConnection:
                 return
             if command is False:
                 return
-            if not isinstance(command, list) or not command or not all(
-                isinstance(arg, bytes) for arg in command
+            if (
+                not isinstance(command, list)
+                or not command
+                or not all(isinstance(arg, bytes) for arg in command)
             ):
                 self._reply(RespError("ERR Protocol error: expected an array of bulk strings"))
                 self.close()

@@ -277,6 +277,12 @@ def test_pattern_and_promise_subscriptions_have_a_fixed_name() -> None:
         core.add(p, ["b"])
     with pytest.raises(TypeError):
         core.open_pattern_subscription(5, "P")
+    with pytest.raises(TypeError):
+        core.clear(p)
+    promises, _ = core.open_promise_subscription("q-", "Q")
+    with pytest.raises(TypeError):
+        core.clear(promises)
+    assert list(p.names) == [b"a*"]
     with pytest.raises(ValueError, match="empty"):
         core.open_promise_subscription("", "Q")
 

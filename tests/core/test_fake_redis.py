@@ -38,7 +38,7 @@ NOPERM = "NOPERM this user has no permissions to access one of the channels used
 
 
 def cmd(*args: str | bytes) -> bytes:
-    return encode_command(*args)
+    return bytes(encode_command(*args))
 
 
 def frames(data: bytes) -> list[Any]:
@@ -79,7 +79,8 @@ def test_encoder_resp2_and_resp3() -> None:
     reader.feed(encode([Map({b"k": Push([b"x", None])}), RespError("ERR y"), 3], 3))
     value = reader.gets()
     assert value[0] == {b"k": [b"x", None]}
-    assert isinstance(value[1], hiredis.ReplyError) and str(value[1]) == "ERR y"
+    assert isinstance(value[1], hiredis.ReplyError)
+    assert str(value[1]) == "ERR y"
     assert value[2] == 3
 
 
@@ -176,7 +177,8 @@ def test_confirmations_and_messages_are_pushes_in_resp3() -> None:
     conn = fake.connect()
     conn.feed(cmd("HELLO", "3"))
     hello = frames(conn.take())[0]
-    assert hello[b"proto"] == 3 and hello[b"server"] == b"redis"
+    assert hello[b"proto"] == 3
+    assert hello[b"server"] == b"redis"
     conn.feed(cmd("SUBSCRIBE", "a") + cmd("PSUBSCRIBE", "a*"))
     out = conn.take()
     assert out.startswith(b">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")
@@ -226,7 +228,8 @@ def test_noperm_refuses_the_whole_command() -> None:
     replies = run(conn, cmd("SUBSCRIBE", "a", "secret", "b"), cmd("SSUBSCRIBE", "secret"))
     assert [str(r) for r in replies] == [NOPERM, NOPERM]
     assert all(isinstance(r, hiredis.ReplyError) for r in replies)
-    assert fake.channels() == set() and fake.shard_channels() == set()
+    assert fake.channels() == set()
+    assert fake.shard_channels() == set()
     # The denial is literal, whatever the name space: "secret" as a pattern too.
     replies = run(conn, cmd("SUBSCRIBE", "a"), cmd("PSUBSCRIBE", "secret"), cmd("PSUBSCRIBE", "s*"))
     assert replies[0] == [b"subscribe", b"a", 1]
@@ -281,7 +284,8 @@ def test_authentication() -> None:
     conn2 = fake.connect()
     conn2.feed(cmd("HELLO", "3", "AUTH", "default", "pw", "SETNAME", "me"))
     assert frames(conn2.take())[0][b"proto"] == 3
-    assert conn2.name == b"me" and conn2.user == "default"
+    assert conn2.name == b"me"
+    assert conn2.user == "default"
 
     open_server = FakeRedis()
     conn3 = open_server.connect()
@@ -306,7 +310,8 @@ def test_handshake_commands_and_unknown() -> None:
         cmd("FLUSHALL"),
         cmd("SUBSCRIBE"),
     )
-    assert replies[0] == b"OK" and conn.db == 3
+    assert replies[0] == b"OK"
+    assert conn.db == 3
     assert str(replies[1]) == "ERR DB index is out of range"
     assert replies[2:4] == [b"OK", b"mpx"]
     assert str(replies[4]).startswith("ERR unknown command 'FLUSHALL'")
@@ -324,13 +329,16 @@ def test_partial_commands_and_split_output() -> None:
         conn.feed(data[i : i + 1])
         assert conn.pending() == 0  # nothing runs before the command is complete
     conn.feed(data[-1:])
-    expected = b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n"
+    expected = (
+        b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n"
+    )
     assert conn.pending() == len(expected)
     # Replies wait in the queue until taken, in whatever pieces the test likes.
     pieces = [conn.take(5), conn.take(1), conn.take(0), conn.take(1000)]
     assert b"".join(pieces) == expected
     assert [len(p) for p in pieces[:3]] == [5, 1, 0]
-    assert conn.pending() == 0 and conn.taken == conn.written == len(expected)
+    assert conn.pending() == 0
+    assert conn.taken == conn.written == len(expected)
 
 
 def test_delivery_log_offsets() -> None:
@@ -356,9 +364,12 @@ def test_connections_over_time() -> None:
     assert fake.numsub(b"a") == 2
     assert fake.channels() == {b"a"}
     old.close()
-    assert old.closed and not new.closed
+    assert old.closed
+    assert not new.closed
     # The server forgot the old connection's subscriptions at once...
-    assert fake.numsub(b"a") == 1 and fake.numpat() == 0 and fake.shard_channels() == set()
+    assert fake.numsub(b"a") == 1
+    assert fake.numpat() == 0
+    assert fake.shard_channels() == set()
     # ... but what it had written before closing is still there to read.
     assert frames(old.take()) == [
         [b"message", b"a", b"in-flight"],
@@ -369,17 +380,21 @@ def test_connections_over_time() -> None:
     with pytest.raises(BrokenPipeError):
         old.feed(cmd("PING"))
     assert frames(new.take()) == [[b"message", b"a", b"later"]]
-    assert fake.kill_pubsub_clients() == 1 and new.closed and fake.connections == []
+    assert fake.kill_pubsub_clients() == 1
+    assert new.closed
+    assert fake.connections == []
 
 
 def test_quit_and_protocol_error_close() -> None:
     fake = FakeRedis()
     conn = fake.connect()
     conn.feed(cmd("QUIT") + cmd("PING"))
-    assert conn.closed and frames(conn.take()) == [b"OK"]
+    assert conn.closed
+    assert frames(conn.take()) == [b"OK"]
     conn = fake.connect()
     conn.feed(b"PING\r\n")  # inline commands are not supported: a protocol error
-    assert conn.closed and str(frames(conn.take())[0]).startswith("ERR Protocol error")
+    assert conn.closed
+    assert str(frames(conn.take())[0]).startswith("ERR Protocol error")
 
 
 # --------------------------------------------------------------------------- against a real server
