@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Coroutine, Generator, Iterable
+from types import CoroutineType
 from typing import Any, Protocol, final
 
 from ._core import ConnectionState, MultiplexerCore
@@ -64,7 +65,7 @@ logger = logging.getLogger("redismpx")
 
 #: An iterator hands out this many buffered messages in a row, at most, before it
 #: yields to the scheduler (it always yields when its buffer is empty).
-ITERATOR_CHECKPOINT_EVERY = 64
+ITERATOR_CHECKPOINT_EVERY = 1024
 
 MessageCallback = Callable[[bytes, bytes], Any]
 DisconnectCallback = Callable[[Exception], Any]
@@ -256,10 +257,11 @@ class _Consumer:
         """The subscription's own task: await its callbacks, in order, one at a time."""
         mpx = self._mpx
         names = self._handle.names
+        on_message = self._on_message
         try:
             while True:
                 self._signal = mpx._loop.new_signal()
-                items = self._queue.take(names)
+                items = self._queue.take_all()  # removed names are filtered below, at hand-off
                 if not items:
                     if self._handle.closed:
                         return
@@ -269,13 +271,16 @@ class _Consumer:
                     if item.__class__ is Notice:
                         await self._run_notice(item)
                         continue
-                    channel, pattern, payload = item  # type: ignore[misc]
+                    channel, payload, pattern = item  # type: ignore[misc]
                     if (channel if pattern is None else pattern) not in names:
                         continue  # removed while an earlier callback was running
                     mpx._delivered += 1
                     try:
-                        result = self._on_message(channel, payload)
-                        if result is not None and inspect.isawaitable(result):
+                        result = on_message(channel, payload)
+                        # An async def's coroutine is recognised without a call.
+                        if result.__class__ is CoroutineType or (
+                            result is not None and inspect.isawaitable(result)
+                        ):
                             await result
                     except Exception as exc:
                         _report("on_message", exc)
@@ -562,7 +567,7 @@ class MessageIterator:
         size, policy = _buffer_options(mpx, buffer_size, overflow)
         mpx._check_usable()
         self._mpx = mpx
-        self._queue = DeliveryQueue(size, policy)
+        self._queue = DeliveryQueue(size, policy, messages=True)
         self._signal = mpx._loop.new_signal()
         self._error: RedisMPXError | None = None
         self._counter = 0
@@ -652,17 +657,25 @@ class MessageIterator:
 
     async def __anext__(self) -> Message:
         queue = self._queue
+        items = queue._items  # DeliveryQueue.take_one(), inlined: the iterator's hot path
         names = self._handle.names
         while True:
-            item = queue.take_one(names)
-            if item is not None:
-                channel, pattern, payload = item  # type: ignore[misc]
-                self._mpx._delivered += 1
+            if items:
                 self._counter += 1
                 if self._counter >= ITERATOR_CHECKPOINT_EVERY:
+                    # Before taking the message: a cancellation here loses nothing.
                     self._counter = 0
                     await self._mpx._loop.checkpoint()
-                return Message(channel, payload, pattern)
+                    continue
+                item = items.popleft()
+                if item.__class__ is Notice:
+                    continue  # an iterator is sent no notices
+                queue._messages -= 1
+                channel, _, pattern = item  # type: ignore[misc]
+                if (channel if pattern is None else pattern) not in names:
+                    continue  # closed meanwhile: filtered at hand-off
+                self._mpx._delivered += 1
+                return item  # type: ignore[return-value]  # already a Message
             if self._handle.closed:
                 if self._error is not None:
                     raise self._error

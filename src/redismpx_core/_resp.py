@@ -68,9 +68,11 @@ class FrameReader:
         #: hiredis' own bound method: the hot loop calls it once per frame.
         self.gets: Callable[[], Any] = self._reader.gets
 
-    def feed(self, data: bytes | bytearray) -> None:
-        self._reader.feed(data)  # type: ignore[arg-type]  # the stub is narrower than hiredis
-        self._partial += len(data)
+    def feed(self, data: bytes | bytearray, offset: int = 0, length: int = -1) -> None:
+        if length < 0:
+            length = len(data) - offset
+        self._reader.feed(data, offset, length)  # type: ignore[arg-type]  # the stub is narrower
+        self._partial += length
 
     def exceeds_bound(self, completed_frames: bool) -> bool:
         """Account for one drained chunk; true if the incomplete frame is too big."""

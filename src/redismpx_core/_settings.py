@@ -221,7 +221,7 @@ class Settings:
     health_check_timeout: float = 10.0
     backoff_base: float = 0.1
     backoff_cap: float = 10.0
-    buffer_size: int = 1000
+    buffer_size: int = 10_000
     overflow: str = OverflowPolicy.DROP_OLDEST
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
 

@@ -13,7 +13,7 @@ HELD = {b"a", b"p*"}
 
 
 def payloads(queue: DeliveryQueue) -> list[bytes]:
-    return [item[2] for item in queue.take(HELD) if not isinstance(item, Notice)]
+    return [item[1] for item in queue.take(HELD) if not isinstance(item, Notice)]
 
 
 def test_within_the_bound_everything_is_kept_in_order() -> None:
@@ -23,10 +23,10 @@ def test_within_the_bound_everything_is_kept_in_order() -> None:
     assert queue.push(b"a", None, [b"3"])
     assert queue.messages == 3
     assert queue.take(HELD) == [
-        (b"a", None, b"1"),
-        (b"a", None, b"2"),
+        (b"a", b"1", None),
+        (b"a", b"2", None),
         Notice("activated", b"a"),
-        (b"a", None, b"3"),
+        (b"a", b"3", None),
     ]
     assert queue.dropped == 0
     assert len(queue) == 0
@@ -39,8 +39,12 @@ def test_drop_oldest_keeps_the_newest_and_every_notice() -> None:
     queue.push(b"a", None, [b"3", b"4"])
     assert queue.dropped == 1
     items = queue.take(HELD)
-    assert items == [(b"a", None, b"2"), Notice("disconnected", None), (b"a", None, b"3"),
-                     (b"a", None, b"4")]
+    assert items == [
+        (b"a", b"2", None),
+        Notice("disconnected", None),
+        (b"a", b"3", None),
+        (b"a", b"4", None),
+    ]
 
 
 def test_drop_oldest_with_a_run_larger_than_the_bound() -> None:
@@ -78,7 +82,7 @@ def test_messages_of_names_no_longer_held_are_filtered_at_hand_off() -> None:
     assert payloads(queue) == [b"1", b"3"]
     queue.push(b"gone", None, [b"5"])
     queue.push(b"a", None, [b"6"])
-    assert queue.take_one(HELD) == (b"a", None, b"6")
+    assert queue.take_one(HELD) == (b"a", b"6", None)
     assert queue.take_one(HELD) is None
     assert queue.messages == 0
 
@@ -135,5 +139,5 @@ def test_matches_a_plain_reference_model(
             assert not accepted
         assert queue.messages == sum(1 for m in model if m is not None) <= bound
     assert queue.dropped == dropped
-    got = [None if isinstance(i, Notice) else int(i[2]) for i in queue.take(HELD)]
+    got = [None if isinstance(i, Notice) else int(i[1]) for i in queue.take(HELD)]
     assert got == model

@@ -27,7 +27,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "health_check_timeout": 10.0,
     "backoff_base": 0.1,
     "backoff_cap": 10.0,
-    "buffer_size": 1000,
+    "buffer_size": 10_000,
     "overflow": OverflowPolicy.DROP_OLDEST,
     "max_frame_size": 512 * 1024 * 1024 + 64 * 1024,
 }

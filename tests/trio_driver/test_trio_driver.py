@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+import redismpx_core._frontend
 from redis_servers import RedisServer
 from redismpx_trio import HealthCheckTimeout, Multiplexer, SubscriptionClosed
 
@@ -173,13 +174,14 @@ def test_async_methods_are_checkpoints(redis_server: RedisServer) -> None:
             await promise
             with trio.testing.assert_checkpoints():
                 assert await promise == b"v"  # already settled
-            async with mpx.subscribe("trio-iter") as it:
-                for i in range(200):
+            every = redismpx_core._frontend.ITERATOR_CHECKPOINT_EVERY
+            async with mpx.subscribe("trio-iter", buffer_size=every + 10) as it:
+                for i in range(every + 10):
                     await mpx.publish("trio-iter", b"%d" % i)
                 # Buffered messages are handed out without a schedule point each, but
-                # never 64 in a row without one (see docs/delivery.md).
+                # never ITERATOR_CHECKPOINT_EVERY in a row without one (docs/usage.md).
                 with trio.testing.assert_checkpoints():
-                    for _ in range(64):
+                    for _ in range(every):
                         await it.__anext__()
 
     trio.run(body)
