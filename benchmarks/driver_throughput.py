@@ -1,4 +1,4 @@
-"""Driver throughput: messages/s delivered to one subscription, against a raw anyio+hiredis loop.
+"""Driver throughput: messages/s delivered to one subscription, against a raw read loop.
 
 200,000 ``PUBLISH`` messages (64-byte payloads) are queued for one subscriber
 before the clock starts, then read as fast as the consumer can:
@@ -11,7 +11,9 @@ before the clock starts, then read as fast as the consumer can:
 * ``iter``: ``async with mpx.subscribe(...) as it: async for msg in it``.
 
 Each variant runs on asyncio, and again on trio (anyio on trio), where the raw
-loop on trio is the ceiling.
+anyio loop on trio is the ceiling; and a third time with the trio driver
+(``redismpx_trio``, rows ``trio-native``), whose ceiling is a raw loop written on
+trio alone (``trio.open_tcp_stream`` + ``receive_some``).
 
 How the backlog is queued: the benchmark starts its own redis-server with
 ``client-output-buffer-limit pubsub 0 0 0`` (Redis buffers any backlog for a
@@ -26,9 +28,8 @@ out as the consumer drains the socket), then says "go". The consumer times from
 reports how many messages it got: exactly ``--messages`` or the run fails.
 
 The driver's subscriptions get ``buffer_size=--messages`` so that the whole
-backlog fits: with the default buffer (1,000) the reader, which never waits for
-a consumer, outruns the iterator and drops most of the backlog (try
-``--buffer-size 1000``).
+backlog fits: the reader never waits for a consumer, so with a buffer smaller
+than the backlog it outruns the iterator and drops (try ``--buffer-size 1000``).
 
 Every driver measurement is paired with a raw measurement just before it (on the
 same backend), and its ratio is taken to that one: on a shared machine the speed
@@ -67,9 +68,11 @@ SENTINEL = b"!" * 64  # the last message: same size, different bytes
 PUBLISH_BATCH = 10_000
 CONSUMER_TIMEOUT = 120.0
 
-BACKENDS = ("asyncio", "trio")
+#: asyncio and trio: the anyio driver (and a raw anyio loop) on that backend;
+#: trio-native: the trio driver, against a raw loop written on trio alone.
+BACKENDS = ("asyncio", "trio", "trio-native")
 VARIANTS = {  # name -> (label, goal as a ratio to the raw loop on the same backend)
-    "raw": ("raw anyio+hiredis", None),
+    "raw": ("raw loop+hiredis", None),
     "sync": ("sync callback", 0.5),
     "async": ("async callback", 0.3),
     "iter": ("iterator", 0.3),
@@ -127,16 +130,64 @@ async def raw_loop(port: int, messages: int, buffer_size: int, clock: Clock) -> 
     return count
 
 
-async def driver_callback(
-    port: int, messages: int, buffer_size: int, clock: Clock, *, is_async: bool
-) -> int:
+async def raw_trio_loop(port: int, messages: int, buffer_size: int, clock: Clock) -> int:
+    """The ceiling of the trio driver: trio's own stream, hiredis, nothing else."""
+    import trio
+
+    from redismpx_trio._runner import READ_SIZE
+
+    nothing = object()
+    reader = hiredis.Reader(notEnoughData=nothing)
+    stream = await trio.open_tcp_stream(HOST, port)
+    async with stream:
+        await stream.send_all(hiredis.pack_command((b"SUBSCRIBE", CHANNEL)))  # type: ignore[arg-type]
+        while (reply := reader.gets()) is nothing:
+            reader.feed(await stream.receive_some(READ_SIZE))
+        if reply[0] != b"subscribe":
+            raise SystemExit(f"consumer: SUBSCRIBE answered {reply!r}")
+        clock.hold()
+        receive, feed, gets = stream.receive_some, reader.feed, reader.gets
+        count = 0
+        frame: Any = None
+        while count < messages:
+            feed(await receive(READ_SIZE))
+            while (next_frame := gets()) is not nothing:
+                frame = next_frame
+                count += 1
+        clock.stop()
+    if frame is None or frame[2] != SENTINEL:
+        return -1
+    return count
+
+
+def _driver(native_trio: bool) -> tuple[Any, Any]:
+    """The Multiplexer class under test and the matching Event class."""
+    if native_trio:
+        import trio
+
+        from redismpx_trio import Multiplexer as TrioMultiplexer
+
+        return TrioMultiplexer, trio.Event
     import anyio
 
-    from redismpx_anyio import Multiplexer
+    from redismpx_anyio import Multiplexer as AnyioMultiplexer
 
+    return AnyioMultiplexer, anyio.Event
+
+
+async def driver_callback(
+    port: int,
+    messages: int,
+    buffer_size: int,
+    clock: Clock,
+    *,
+    is_async: bool,
+    native_trio: bool,
+) -> int:
+    Multiplexer, Event = _driver(native_trio)
     count = 0
-    done = anyio.Event()
-    active = anyio.Event()
+    done = Event()
+    active = Event()
 
     def on_sync(channel: bytes, data: bytes) -> None:
         nonlocal count
@@ -164,17 +215,26 @@ async def driver_callback(
     return count
 
 
-async def driver_sync(port: int, messages: int, buffer_size: int, clock: Clock) -> int:
-    return await driver_callback(port, messages, buffer_size, clock, is_async=False)
+async def driver_sync(
+    port: int, messages: int, buffer_size: int, clock: Clock, native_trio: bool = False
+) -> int:
+    return await driver_callback(
+        port, messages, buffer_size, clock, is_async=False, native_trio=native_trio
+    )
 
 
-async def driver_async(port: int, messages: int, buffer_size: int, clock: Clock) -> int:
-    return await driver_callback(port, messages, buffer_size, clock, is_async=True)
+async def driver_async(
+    port: int, messages: int, buffer_size: int, clock: Clock, native_trio: bool = False
+) -> int:
+    return await driver_callback(
+        port, messages, buffer_size, clock, is_async=True, native_trio=native_trio
+    )
 
 
-async def driver_iterator(port: int, messages: int, buffer_size: int, clock: Clock) -> int:
-    from redismpx_anyio import Multiplexer
-
+async def driver_iterator(
+    port: int, messages: int, buffer_size: int, clock: Clock, native_trio: bool = False
+) -> int:
+    Multiplexer, _ = _driver(native_trio)
     count = 0
     async with (
         Multiplexer(f"redis://{HOST}:{port}/0") as mpx,
@@ -189,7 +249,7 @@ async def driver_iterator(port: int, messages: int, buffer_size: int, clock: Clo
     return count
 
 
-CONSUMERS: dict[str, Callable[[int, int, int, Clock], Awaitable[int]]] = {
+CONSUMERS: dict[str, Callable[..., Awaitable[int]]] = {
     "raw": raw_loop,
     "sync": driver_sync,
     "async": driver_async,
@@ -198,10 +258,18 @@ CONSUMERS: dict[str, Callable[[int, int, int, Clock], Awaitable[int]]] = {
 
 
 def consumer_main(variant: str, backend: str, port: int, messages: int, buffer_size: int) -> None:
-    import anyio
-
     clock = Clock()
-    count = anyio.run(CONSUMERS[variant], port, messages, buffer_size, clock, backend=backend)
+    if backend == "trio-native":
+        import trio
+
+        if variant == "raw":
+            count = trio.run(raw_trio_loop, port, messages, buffer_size, clock)
+        else:
+            count = trio.run(CONSUMERS[variant], port, messages, buffer_size, clock, True)
+    else:
+        import anyio
+
+        count = anyio.run(CONSUMERS[variant], port, messages, buffer_size, clock, backend=backend)
     sys.stdout.write(json.dumps({"count": count, "wall": clock.wall, "cpu": clock.cpu}) + "\n")
     sys.stdout.flush()
 
@@ -332,7 +400,7 @@ def main() -> None:
         f"driver throughput: {args.messages:,} queued messages of {len(PAYLOAD)} bytes, "
         f"one subscription, median of {args.rounds} round(s)"
     )
-    print(f"{'backend':8} {'variant':20} {'msg/s':>12} {'/ raw':>6} {'cpu':>6} {'goal':>6}")
+    print(f"{'backend':11} {'variant':20} {'msg/s':>12} {'/ raw':>6} {'cpu':>6} {'goal':>6}")
     for backend, variant in rows:
         label, goal = VARIANTS[variant]
         shown = (
@@ -342,7 +410,7 @@ def main() -> None:
         )
         shown_goal = f">={goal}" if goal is not None else ""
         print(
-            f"{backend:8} {label:20} {statistics.median(wall[backend, variant]):12,.0f} "
+            f"{backend:11} {label:20} {statistics.median(wall[backend, variant]):12,.0f} "
             f"{shown} {shown_goal:>6}"
         )
     for failure in failures:
