@@ -1,9 +1,9 @@
-"""``--start-redis``: a throwaway Redis for the demo when none answers at ``--redis-url``.
+"""Find or start a Redis for the demos: a throwaway one when none answers at the URL.
 
-The same logic as ``examples/chat/launch.py`` (what ``scripts/demo`` runs), copied rather
-than imported: that module imports ``examples.chat.app`` at its top, and with it
-Starlette, uvicorn and anyio, which this demo keeps out of its import graph. Keep the two
-in step.
+Shared by ``examples/chat/launch.py`` (what ``scripts/demo`` runs) and
+``python -m examples.chat_trio --start-redis``. It imports no event loop, web framework or
+server (no anyio, asyncio, trio or Starlette), so that either demo can use it without
+pulling in the other's stack.
 
 1. PING the Redis at the URL. If one answers (even with ``-NOAUTH``), use it and start
    nothing.

@@ -16,8 +16,8 @@ from types import FrameType
 
 from redismpx_core import Settings as RedisSettings
 
+from ..demo_redis import DemoRedis, die, redis_for_demo, say
 from .app import add_arguments, check_port_free, run, settings_from
-from .demo_redis import DemoRedis, die, redis_for_demo, say
 
 
 def _stop_on_signal(signum: int, frame: FrameType | None) -> None:

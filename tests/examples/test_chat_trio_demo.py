@@ -283,7 +283,7 @@ def test_trio_chat_starts_and_stops_its_own_redis(tmp_path: Path) -> None:
 
 def test_trio_chat_imports_no_anyio_asyncio_or_starlette() -> None:
     code = (
-        "import sys, examples.chat_trio.app, examples.chat_trio.demo_redis\n"
+        "import sys, examples.chat_trio.app, examples.demo_redis\n"
         "banned = {'anyio', 'asyncio', 'starlette', 'uvicorn', 'websockets'}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in banned))\n"
     )
