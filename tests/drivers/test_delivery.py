@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -23,21 +22,10 @@ import hiredis
 import pytest
 
 from drivers.conftest import wait_until
+from drivers.helpers import Inbox, b, numsub, round_trip, uniq, wait_server
 from redis_servers import RedisServer, encode_command
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def uniq(tag: str) -> str:
-    return f"t:{tag}:{uuid.uuid4().hex[:12]}"
-
-
-def b(name: str | bytes) -> bytes:
-    return name if isinstance(name, bytes) else name.encode()
-
-
-def numsub(server: RedisServer, name: str | bytes) -> int:
-    return int(server.command("PUBSUB", "NUMSUB", name)[1])
 
 
 def publish_burst(server: RedisServer, messages: list[tuple[str | bytes, bytes]]) -> list[int]:
@@ -57,34 +45,6 @@ def publish_burst(server: RedisServer, messages: list[tuple[str | bytes, bytes]]
             assert isinstance(reply, int), reply
             replies.append(reply)
     return replies
-
-
-async def wait_server(condition: Callable[[], object], within: float = 5.0) -> None:
-    await wait_until(condition, timeout=within, interval=0.02)
-
-
-async def round_trip(mpx: Any) -> None:
-    """Every reply Redis sent before a new name's confirmation has been read."""
-    active: list[bytes] = []
-    mpx.new_channel_subscription(lambda c, d: None, on_activation=active.append).add(uniq("rt"))
-    await wait_until(lambda: bool(active))
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[bytes, bytes]] = []
-        self.types: set[tuple[type, type]] = set()
-
-    def __call__(self, channel: bytes, data: bytes) -> None:
-        # (bytes == bytearray holds, so the types are recorded to be checked apart)
-        self.types.add((type(channel), type(data)))
-        self.messages.append((channel, data))
-
-    def data(self, channel: str | bytes | None = None) -> list[bytes]:
-        return [d for c, d in self.messages if channel is None or c == b(channel)]
-
-    def has(self, channel: str | bytes, data: bytes) -> bool:
-        return (b(channel), data) in self.messages
 
 
 class AsyncInbox(Inbox):

@@ -22,31 +22,10 @@ import anyio.lowlevel
 import pytest
 
 from drivers.conftest import wait_until
+from drivers.helpers import Inbox, clients_named, numsub, uniq, wait_server
 from redis_servers import RedisServer, encode_command, free_port
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def uniq(tag: str) -> str:
-    return f"t:{tag}:{uuid.uuid4().hex[:12]}"
-
-
-def numsub(server: RedisServer, name: str | bytes) -> int:
-    return int(server.command("PUBSUB", "NUMSUB", name)[1])
-
-
-def clients_named(server: RedisServer, client_name: str) -> list[dict[str, str]]:
-    listing = bytes(server.command("CLIENT", "LIST")).decode()
-    found = []
-    for line in listing.splitlines():
-        fields = dict(part.partition("=")[::2] for part in line.split(" ") if "=" in part)
-        if fields.get("name") == client_name:
-            found.append(fields)
-    return found
-
-
-async def wait_server(condition: Callable[[], object], within: float = 5.0) -> None:
-    await wait_until(condition, timeout=within, interval=0.02)
 
 
 def open_fds() -> list[str]:
@@ -60,14 +39,6 @@ def open_fds() -> list[str]:
 
 def sockets() -> int:
     return sum(target.startswith("socket:") for target in open_fds())
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[bytes, bytes]] = []
-
-    def __call__(self, channel: bytes, data: bytes) -> None:
-        self.messages.append((channel, data))
 
 
 async def outcome_of(awaitable: Callable[[], Awaitable[Any]], into: list[Any]) -> None:

@@ -1,0 +1,90 @@
+"""Helpers shared by the conformance suite's test files (not tests themselves)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from drivers.conftest import wait_until
+from redis_servers import RedisServer
+
+__all__ = (
+    "Inbox",
+    "b",
+    "clients_named",
+    "numpat",
+    "numsub",
+    "round_trip",
+    "shardnumsub",
+    "uniq",
+    "wait_server",
+)
+
+
+def uniq(tag: str) -> str:
+    """A channel name no other test uses (the shared server outlives every test)."""
+    return f"t:{tag}:{uuid.uuid4().hex[:12]}"
+
+
+def b(name: str | bytes) -> bytes:
+    return name if isinstance(name, bytes) else name.encode()
+
+
+def numsub(server: RedisServer, name: str | bytes) -> int:
+    flat = server.command("PUBSUB", "NUMSUB", name)
+    return int(flat[1])
+
+
+def shardnumsub(server: RedisServer, name: str | bytes) -> int:
+    flat = server.command("PUBSUB", "SHARDNUMSUB", name)
+    return int(flat[1])
+
+
+def numpat(server: RedisServer) -> int:
+    return int(server.command("PUBSUB", "NUMPAT"))
+
+
+def clients_named(server: RedisServer, client_name: str) -> list[dict[str, str]]:
+    """The server's CLIENT LIST entries whose name is ``client_name``."""
+    listing = bytes(server.command("CLIENT", "LIST")).decode()
+    found = []
+    for line in listing.splitlines():
+        fields = dict(part.partition("=")[::2] for part in line.split(" ") if "=" in part)
+        if fields.get("name") == client_name:
+            found.append(fields)
+    return found
+
+
+async def wait_server(condition: Callable[[], object], within: float = 5.0) -> None:
+    """wait_until for conditions that query the server (each query opens a socket)."""
+    await wait_until(condition, timeout=within, interval=0.02)
+
+
+async def round_trip(mpx: Any, name: str | None = None) -> None:
+    """A round trip on the subscription connection: a new name's confirmation comes
+    back after every reply Redis sent before it, so nothing is left in flight (tests
+    call this before leaving ``async with`` after removing names)."""
+    active: list[bytes] = []
+    sub = mpx.new_channel_subscription(lambda c, d: None, on_activation=active.append)
+    sub.add(name or uniq("rt"))
+    await wait_until(lambda: bool(active))
+
+
+class Inbox:
+    """A sync on_message callback that records (channel, data)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, bytes]] = []
+        self.types: set[tuple[type, type]] = set()
+
+    def __call__(self, channel: bytes, data: bytes) -> None:
+        # (bytes == bytearray holds, so the types are recorded to be checked apart)
+        self.types.add((type(channel), type(data)))
+        self.messages.append((channel, data))
+
+    def data(self, channel: str | bytes | None = None) -> list[bytes]:
+        return [d for c, d in self.messages if channel is None or c == b(channel)]
+
+    def has(self, channel: str | bytes, data: bytes) -> bool:
+        return (b(channel), data) in self.messages
