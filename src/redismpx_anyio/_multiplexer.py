@@ -11,6 +11,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from redismpx_core import Event, MultiplexerCore
 from redismpx_core._frontend import MultiplexerBase, Signal
 
 from ._runner import ConnectionRunner
@@ -53,8 +54,6 @@ class Multiplexer(MultiplexerBase):
     def __init__(self, url: str = "redis://localhost:6379/0", **options: Any) -> None:
         super().__init__(url, **options)
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._runner: ConnectionRunner | None = None
-        self._publisher: ConnectionRunner | None = None
 
     async def __aenter__(self) -> Multiplexer:
         if self._started or self._closed:
@@ -63,10 +62,6 @@ class Multiplexer(MultiplexerBase):
         await task_group.__aenter__()
         self._task_group = task_group
         self._start(_AnyioLoop(task_group))
-        self._runner = ConnectionRunner(
-            self._core, self.settings, self._dispatch, self._connection_lost, "subscriber"
-        )
-        task_group.start_soon(self._runner.run)
         return self
 
     async def __aexit__(
@@ -89,22 +84,11 @@ class Multiplexer(MultiplexerBase):
             self._close()
         return None
 
-    def _wake_writer(self) -> None:
-        if self._runner is not None:
-            self._runner.wake()
-
-    def _wake_publisher(self) -> None:
-        if self._publisher is not None:
-            self._publisher.wake()
-
-    def _start_publisher(self) -> None:
-        assert self._task_group is not None
-        assert self._publisher_core is not None
-        self._publisher = ConnectionRunner(
-            self._publisher_core,
-            self.settings,
-            self._dispatch_publisher,
-            self._publisher_connection_lost,
-            "publisher",
-        )
-        self._task_group.start_soon(self._publisher.run)
+    def _new_runner(
+        self,
+        core: MultiplexerCore,
+        dispatch: Callable[[list[Event]], None],
+        on_lost: Callable[[], None],
+        role: str,
+    ) -> ConnectionRunner:
+        return ConnectionRunner(core, self.settings, dispatch, on_lost, role)

@@ -57,6 +57,7 @@ __all__ = (
     "PatternSubscription",
     "Promise",
     "PromiseSubscription",
+    "Runner",
     "ShardedSubscription",
     "Signal",
 )
@@ -78,6 +79,13 @@ class Signal(Protocol):
     def set(self) -> None: ...
     def is_set(self) -> bool: ...
     async def wait(self) -> Any: ...
+
+
+class Runner(Protocol):
+    """A driver's connection runner: runs a core over successive connections."""
+
+    def wake(self) -> None: ...
+    async def run(self) -> None: ...
 
 
 class Loop(Protocol):
@@ -672,25 +680,18 @@ class MessageIterator:
 
     async def _next_slowly(self) -> Message:
         queue = self._queue
-        items = queue._items  # DeliveryQueue.take_one(), inlined
-        names = self._handle.names
         while True:
-            if items:
+            if queue._items:
                 self._counter += 1
                 if self._counter >= ITERATOR_CHECKPOINT_EVERY:
                     # Before taking the message: a cancellation here loses nothing.
                     self._counter = 0
                     await self._mpx._loop.checkpoint()
-                    continue
-                item = items.popleft()
-                if item.__class__ is Notice:
-                    continue  # an iterator is sent no notices
-                queue._messages -= 1
-                channel, _, pattern = item  # type: ignore[misc]
-                if (channel if pattern is None else pattern) not in names:
-                    continue  # closed meanwhile: filtered at hand-off
-                self._mpx._delivered += 1
-                return item  # type: ignore[return-value]  # already a Message
+                item = queue.take_one(self._handle.names)
+                if item is not None and item.__class__ is not Notice:  # no notices here
+                    self._mpx._delivered += 1
+                    return item  # type: ignore[return-value]  # already a Message
+                continue
             if self._handle.closed:
                 if self._error is not None:
                     raise self._error
@@ -722,7 +723,8 @@ class MultiplexerBase:
     """Everything a Multiplexer does that does not depend on the I/O library.
 
     A driver subclass owns the task group, the connections and the :class:`Loop`,
-    and calls :meth:`_start` once it can run tasks and :meth:`_close` when done.
+    and calls :meth:`_start` once it can run tasks and :meth:`_close` when done; it
+    makes its connection runners in :meth:`_new_runner`.
     """
 
     def __init__(self, url: str = "redis://localhost:6379/0", **options: Any) -> None:
@@ -737,6 +739,8 @@ class MultiplexerBase:
         self._publishes: dict[tuple[int, int], _PublishWaiter] = {}
         self._ready: Signal | None = None
         self._publisher_ready: Signal | None = None
+        self._runner: Runner | None = None
+        self._publisher: Runner | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else self._core.state.value
@@ -751,10 +755,25 @@ class MultiplexerBase:
 
     # ---- driver hooks
 
+    def _new_runner(
+        self,
+        core: MultiplexerCore,
+        dispatch: Callable[[list[Event]], None],
+        on_lost: Callable[[], None],
+        role: str,
+    ) -> Runner:
+        """The driver's connection runner for ``core`` (its socket and task plumbing)."""
+        raise NotImplementedError
+
     def _start(self, loop: Loop) -> None:
+        """The driver can run tasks now: start the subscription connection."""
         self._loop = loop
         self._started = True
         self._ready = loop.new_signal()
+        self._runner = self._new_runner(
+            self._core, self._dispatch, self._connection_lost, "subscriber"
+        )
+        loop.spawn(self._runner.run)
 
     def _close(self) -> None:
         """Fail everything pending; the driver then cancels its tasks and closes sockets."""
@@ -777,13 +796,23 @@ class MultiplexerBase:
             self._publisher_ready.set()
 
     def _wake_writer(self) -> None:
-        raise NotImplementedError
+        if self._runner is not None:
+            self._runner.wake()
 
     def _wake_publisher(self) -> None:
-        raise NotImplementedError
+        if self._publisher is not None:
+            self._publisher.wake()
 
     def _start_publisher(self) -> None:
-        raise NotImplementedError
+        """Under RESP2: a second connection, opened on the first publish()."""
+        assert self._publisher_core is not None
+        self._publisher = self._new_runner(
+            self._publisher_core,
+            self._dispatch_publisher,
+            self._publisher_connection_lost,
+            "publisher",
+        )
+        self._loop.spawn(self._publisher.run)
 
     def _connection_lost(self) -> None:
         """The subscription connection went down (called by the driver's runner)."""

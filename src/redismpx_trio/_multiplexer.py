@@ -11,6 +11,7 @@ from typing import Any, final
 import trio
 import trio.lowlevel
 
+from redismpx_core import Event, MultiplexerCore
 from redismpx_core._frontend import MultiplexerBase, Signal
 
 from ._runner import ConnectionRunner
@@ -54,8 +55,6 @@ class Multiplexer(MultiplexerBase):
         super().__init__(url, **options)
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
-        self._runner: ConnectionRunner | None = None
-        self._publisher: ConnectionRunner | None = None
 
     async def __aenter__(self) -> Multiplexer:
         if self._started or self._closed:
@@ -65,10 +64,6 @@ class Multiplexer(MultiplexerBase):
         self._nursery_manager = manager
         self._nursery = nursery
         self._start(_TrioLoop(nursery))
-        self._runner = ConnectionRunner(
-            self._core, self.settings, self._dispatch, self._connection_lost, "subscriber"
-        )
-        nursery.start_soon(self._runner.run)
         return self
 
     async def __aexit__(
@@ -91,22 +86,11 @@ class Multiplexer(MultiplexerBase):
             self._close()
         return None
 
-    def _wake_writer(self) -> None:
-        if self._runner is not None:
-            self._runner.wake()
-
-    def _wake_publisher(self) -> None:
-        if self._publisher is not None:
-            self._publisher.wake()
-
-    def _start_publisher(self) -> None:
-        assert self._nursery is not None
-        assert self._publisher_core is not None
-        self._publisher = ConnectionRunner(
-            self._publisher_core,
-            self.settings,
-            self._dispatch_publisher,
-            self._publisher_connection_lost,
-            "publisher",
-        )
-        self._nursery.start_soon(self._publisher.run)
+    def _new_runner(
+        self,
+        core: MultiplexerCore,
+        dispatch: Callable[[list[Event]], None],
+        on_lost: Callable[[], None],
+        role: str,
+    ) -> ConnectionRunner:
+        return ConnectionRunner(core, self.settings, dispatch, on_lost, role)
