@@ -44,7 +44,9 @@ def _reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+        # SHUT_RD wakes a pump blocked in recv() on this socket without sending a FIN
+        # (SHUT_RDWR would: the peer would see an orderly EOF before the reset).
+        sock.shutdown(socket.SHUT_RD)
     with contextlib.suppress(OSError):
         sock.close()
 
@@ -65,7 +67,8 @@ class _Link:
         self.bytes_up = 0
 
     def start(self) -> None:
-        for source, sink, down in ((self.upstream, self.client, True), (self.client, self.upstream, False)):
+        directions = ((self.upstream, self.client, True), (self.client, self.upstream, False))
+        for source, sink, down in directions:
             threading.Thread(
                 target=self._pump, args=(source, sink, down), daemon=True, name="fault-proxy-pump"
             ).start()
@@ -75,9 +78,9 @@ class _Link:
             if self.closed.is_set():
                 return
             self.closed.set()
+        self.proxy._forget(self)
         _reset(self.client)
         _reset(self.upstream)
-        self.proxy._forget(self)
 
     def arm_cut(self, after: int) -> None:
         with self._lock:
@@ -191,6 +194,8 @@ class FaultProxy:
     def cut(self, after_bytes: int = 0) -> int:
         """Reset every live connection once ``after_bytes`` more bytes have passed
         towards the client (0: at once). Returns how many connections were armed."""
+        if isinstance(after_bytes, bool) or not isinstance(after_bytes, int):
+            raise TypeError(f"after_bytes must be an int, not {type(after_bytes).__name__}")
         if after_bytes < 0:
             raise ValueError("after_bytes must be >= 0")
         links = self._live()
@@ -208,12 +213,14 @@ class FaultProxy:
 
     def delay(self, seconds: float) -> None:
         """Hold every chunk ``seconds`` before passing it on (0 turns it off)."""
-        if seconds < 0:
+        if not seconds >= 0:  # also refuses NaN
             raise ValueError("seconds must be >= 0")
         self.delay_seconds = seconds
 
     def refuse(self, seconds: float | None = None) -> None:
         """Reset new connections on accept for ``seconds`` (None: until accept_again)."""
+        if seconds is not None and not seconds >= 0:
+            raise ValueError("seconds must be >= 0")
         self._refuse_until = float("inf") if seconds is None else time.monotonic() + seconds
 
     def accept_again(self) -> None:
