@@ -678,6 +678,11 @@ class MultiplexerCore:
     def _break(self, events: list[Event]) -> None:
         self.state = ConnectionState.BROKEN
         self._held = events
+        # Messages read before the failure are still delivered (connection_lost returns
+        # them): they count as received like any other.
+        self.messages_received += sum(
+            len(e.payloads) for e in events if e.__class__ is MessagesReceived
+        )
 
     # ------------------------------------------------------------------ output
 
@@ -850,6 +855,11 @@ class MultiplexerCore:
         except (IndexError, TypeError, KeyError, AttributeError, ValueError):
             self._break(events)
             raise ProtocolError("a Pub/Sub frame of the wrong shape") from None
+        except MemoryError:
+            # hiredis allocates an aggregate's list when it reads the header: a server
+            # announcing 2**32 elements makes that allocation fail, here, not later.
+            self._break(events)
+            raise ProtocolError("the server announced a reply too large to allocate") from None
         if events:
             self.messages_received += sum(
                 len(e.payloads) for e in events if e.__class__ is MessagesReceived
