@@ -260,6 +260,8 @@ class MultiplexerCore:
         self._handshake_deadline: float | None = None
         self._stable_at: float | None = None
         self._promise_heap: list[tuple[float, int, Promise]] = []
+        #: Heap entries of promises settled before their deadline (see _settled_early).
+        self._dead_timers = 0
         self._promise_seq = 0
         self._publish_seq = 0
         # Counters for statistics().
@@ -345,7 +347,9 @@ class MultiplexerCore:
         self._remove(sub, list(sub.names))
         sub.closed = True
         self._subscriptions.pop(sub, None)
-        return self._fail_promises(sub, SubscriptionClosed("the subscription was closed"))
+        events = self._fail_promises(sub, SubscriptionClosed("the subscription was closed"))
+        sub.owner = None  # the owner keeps its handle: no cycle outlives the close
+        return events
 
     def subscription_owners(self) -> list[Any]:
         """The owners of every open subscription (for a driver that must wake them)."""
@@ -429,17 +433,34 @@ class MultiplexerCore:
 
     def _fulfil(self, sub: Subscription, channel: bytes, data: bytes, events: list[Event]) -> None:
         for promise in sub.promises.pop(channel, ()):
-            promise.settled = True
             events.append(PromiseFulfilled(promise.owner, data))
+            self._settled_early(promise)
 
     def _fail_promises(self, sub: Subscription, error: RedisMPXError) -> list[Event]:
         events: list[Event] = []
         for promises in sub.promises.values():
             for promise in promises:
-                promise.settled = True
                 events.append(PromiseFailed(promise.owner, error))
+                self._settled_early(promise)
         sub.promises.clear()
         return events
+
+    def _settled_early(self, promise: Promise) -> None:
+        """A promise settled before its deadline: its timer entry is now dead weight.
+
+        The entry stays in the heap until it reaches the top, so it lets go of the
+        owner (and whatever the owner holds, such as the payload); and once dead
+        entries are the majority the heap is rebuilt without them, so that promises
+        with long timeouts cannot pin the memory of every promise settled since.
+        """
+        promise.settled = True
+        promise.owner = None
+        self._dead_timers += 1
+        heap = self._promise_heap
+        if self._dead_timers > 64 and self._dead_timers * 2 > len(heap):
+            heap[:] = [entry for entry in heap if not entry[2].settled]
+            heapq.heapify(heap)
+            self._dead_timers = 0
 
     # ------------------------------------------------------------------ publishing
 
@@ -573,6 +594,7 @@ class MultiplexerCore:
             self._remove(sub, list(sub.names))
             sub.closed = True
             events += self._fail_promises(sub, closed)
+            sub.owner = None
         for expected in self._expected:
             if expected.label is _PUBLISH:
                 events.append(PublishFailed(expected.token, ConnectionLost("multiplexer closed")))
@@ -583,6 +605,7 @@ class MultiplexerCore:
             records.clear()
         self._out.clear()
         self._promise_heap.clear()
+        self._dead_timers = 0
         self._reader = None
         self.state = ConnectionState.CLOSED
         return events
@@ -620,6 +643,7 @@ class MultiplexerCore:
         heap = self._promise_heap
         while heap and heap[0][2].settled:
             heapq.heappop(heap)
+            self._dead_timers -= 1
         if heap:
             candidates.append(heap[0][0])
         if self.state is ConnectionState.HANDSHAKING or self.state is ConnectionState.READY:
@@ -645,6 +669,7 @@ class MultiplexerCore:
         while heap and heap[0][0] <= now:
             _, _, promise = heapq.heappop(heap)
             if promise.settled:
+                self._dead_timers -= 1
                 continue
             promise.settled = True
             pending = promise.subscription.promises.get(promise.channel)

@@ -17,6 +17,7 @@ and its own task awaits the callbacks, so a slow consumer holds back only itself
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Callable, Coroutine, Generator, Iterable
@@ -228,10 +229,14 @@ class _Consumer:
             return
         queue = self._queue
         before = queue.dropped
+        already_overflowed = queue.overflowed
         accepted = queue.push(channel, pattern, payloads)
         self._mpx._dropped += queue.dropped - before
         if not accepted:
-            self._overflowed()
+            # Later runs of the same socket read still name this subscription: the
+            # close (and its one notice) happened at the first overflow.
+            if not already_overflowed:
+                self._overflowed()
             return
         self._wake()
 
@@ -266,32 +271,32 @@ class _Consumer:
         mpx = self._mpx
         names = self._handle.names
         on_message = self._on_message
+        take_one = self._queue.take_one
         try:
             while True:
-                self._signal = mpx._loop.new_signal()
-                items = self._queue.take_all()  # removed names are filtered below, at hand-off
-                if not items:
+                # One item at a time: what waits for a stuck callback stays in the queue,
+                # inside its bound, and a name removed meanwhile is filtered at hand-off.
+                item = take_one(names)
+                if item is None:
                     if self._handle.closed:
                         return
-                    await self._signal.wait()
+                    signal = self._signal = mpx._loop.new_signal()
+                    await signal.wait()
                     continue
-                for item in items:
-                    if item.__class__ is Notice:
-                        await self._run_notice(item)
-                        continue
-                    channel, payload, pattern = item  # type: ignore[misc]
-                    if (channel if pattern is None else pattern) not in names:
-                        continue  # removed while an earlier callback was running
-                    mpx._delivered += 1
-                    try:
-                        result = on_message(channel, payload)
-                        # An async def's coroutine is recognised without a call.
-                        if result.__class__ is CoroutineType or (
-                            result is not None and inspect.isawaitable(result)
-                        ):
-                            await result
-                    except Exception as exc:
-                        _report("on_message", exc)
+                if item.__class__ is Notice:
+                    await self._run_notice(item)
+                    continue
+                channel, payload, _ = item  # type: ignore[misc]
+                mpx._delivered += 1
+                try:
+                    result = on_message(channel, payload)
+                    # An async def's coroutine is recognised without a call.
+                    if result.__class__ is CoroutineType or (
+                        result is not None and inspect.isawaitable(result)
+                    ):
+                        await result
+                except Exception as exc:
+                    _report("on_message", exc)
         finally:
             self._task_running = False
 
@@ -449,9 +454,19 @@ class Promise:
     async def _wait(self) -> bytes:
         await self._signal.wait()
         if self._error is not None:
-            raise self._error
+            # A fresh exception per await: the stored one never gets a traceback, whose
+            # frames would lead back to this promise (a reference cycle that only the
+            # cyclic garbage collector could free, payloads and all).
+            raise _fresh(self._error)
         assert self._result is not None
         return self._result
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A copy of ``error`` with no traceback (same type, arguments and attributes)."""
+    fresh = copy.copy(error)
+    fresh.__traceback__ = None
+    return fresh
 
 
 @final

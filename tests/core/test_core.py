@@ -845,3 +845,54 @@ def test_misuse_of_the_lifecycle_is_a_runtime_error() -> None:
 
 def test_bulk_helper_round_trips() -> None:
     assert bulk("ab") == b"$2\r\nab\r\n"
+
+
+# ------------------------------------------------------------------ what the core lets go of
+
+
+class _Owner:
+    """An owner object that holds its handle, as every driver's subscription does."""
+
+    handle: object = None
+
+
+def test_a_closed_subscription_is_freed_without_the_cyclic_collector() -> None:
+    import gc
+    import weakref
+
+    core = ready_core()
+    owner = _Owner()
+    owner.handle = core.open_subscription(CHANNEL, owner)
+    core.add(owner.handle, ["a"])  # type: ignore[arg-type]
+    core.data_to_send()
+    gone = weakref.ref(owner)
+    core.close_subscription(owner.handle)  # type: ignore[arg-type]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del owner
+        assert gone() is None, "the owner and its handle still reference each other"
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def test_settled_promises_do_not_pile_up_behind_a_long_timer() -> None:
+    """A promise with a long timeout stays pending while thousands settle early: their
+    timer entries let go of their owners at once and are swept out of the heap."""
+    import weakref
+
+    core, sub = promise_core()
+    core.new_promise(sub, "long", 3000.0, 0.0, owner="long")
+    owners = []
+    for i in range(2000):
+        owner = _Owner()
+        owners.append(weakref.ref(owner))
+        core.new_promise(sub, f"n{i}", 10.0, 0.0, owner=owner)
+        events = core.receive_data(arr("pmessage", "job\\[1\\]-*", f"job[1]-n{i}", "x"), 1.0)
+        assert events == [PromiseFulfilled(owner, b"x")]
+        del owner, events
+    assert all(ref() is None for ref in owners)
+    assert len(core._promise_heap) <= 2 * 64 + 2
+    assert core.next_deadline() == 3000.0
+    assert core.statistics(messages_delivered=0, messages_dropped=0).promises_pending == 1
