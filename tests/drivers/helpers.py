@@ -6,11 +6,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+
 from drivers.conftest import wait_until
 from redis_servers import RedisServer
 
 __all__ = (
     "Inbox",
+    "Log",
     "b",
     "clients_named",
     "numpat",
@@ -88,3 +91,53 @@ class Inbox:
 
     def has(self, channel: str | bytes, data: bytes) -> bool:
         return (b(channel), data) in self.messages
+
+
+class Log:
+    """The callbacks of one subscription, recorded as one ordered log.
+
+    Entries: ``("msg", (channel, data))``, ``("disconnect", error)``,
+    ``("activate", name)``, each with the time it was recorded in ``times``.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Any]] = []
+        self.times: list[float] = []
+
+    def _record(self, kind: str, value: Any) -> None:
+        self.entries.append((kind, value))
+        self.times.append(anyio.current_time())
+
+    def on_message(self, channel: bytes, data: bytes) -> None:
+        self._record("msg", (channel, data))
+
+    def on_disconnect(self, error: Exception) -> None:
+        self._record("disconnect", error)
+
+    def on_activation(self, name: bytes) -> None:
+        self._record("activate", name)
+
+    def callbacks(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        return self.on_message, self.on_disconnect, self.on_activation
+
+    def since(self, start: int, kind: str) -> list[Any]:
+        """The values of one kind recorded from entry ``start`` on."""
+        return [value for k, value in self.entries[start:] if k == kind]
+
+    def of(self, kind: str) -> list[Any]:
+        return self.since(0, kind)
+
+    def index(self, entry: tuple[str, Any]) -> int:
+        return self.entries.index(entry)
+
+    @property
+    def messages(self) -> list[tuple[bytes, bytes]]:
+        return self.of("msg")
+
+    @property
+    def disconnects(self) -> list[Exception]:
+        return self.of("disconnect")
+
+    @property
+    def activations(self) -> list[bytes]:
+        return self.of("activate")

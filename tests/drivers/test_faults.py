@@ -27,6 +27,7 @@ import hiredis
 import pytest
 
 from drivers.conftest import Driver, wait_until
+from drivers.helpers import Log
 from redis_servers import RedisServer, RedisServerFactory, acl_user, encode_command
 
 #: Short timers, so that a fault is detected and repaired in well under a second.
@@ -40,52 +41,6 @@ HEALTH_CHECK_BOUND = FAST["health_check_interval"] + FAST["health_check_timeout"
 
 PASSWORD = "Pa55-s3cret-7f3a91"
 WRONG_PASSWORD = "wr0ng-Pa55-c4d2e8"
-
-
-class Log:
-    """The callbacks of one subscription, recorded as one ordered log.
-
-    Entries: ``("msg", (channel, data))``, ``("disconnect", error)``,
-    ``("activate", name)``, each with the time it was recorded in ``times``.
-    """
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, Any]] = []
-        self.times: list[float] = []
-
-    def _record(self, kind: str, value: Any) -> None:
-        self.entries.append((kind, value))
-        self.times.append(anyio.current_time())
-
-    def on_message(self, channel: bytes, data: bytes) -> None:
-        self._record("msg", (channel, data))
-
-    def on_disconnect(self, error: Exception) -> None:
-        self._record("disconnect", error)
-
-    def on_activation(self, name: bytes) -> None:
-        self._record("activate", name)
-
-    def callbacks(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-        return self.on_message, self.on_disconnect, self.on_activation
-
-    def of(self, kind: str) -> list[Any]:
-        return [value for k, value in self.entries if k == kind]
-
-    @property
-    def messages(self) -> list[tuple[bytes, bytes]]:
-        return self.of("msg")
-
-    @property
-    def disconnects(self) -> list[Exception]:
-        return self.of("disconnect")
-
-    @property
-    def activations(self) -> list[bytes]:
-        return self.of("activate")
-
-    def index(self, entry: tuple[str, Any]) -> int:
-        return self.entries.index(entry)
 
 
 class AsyncLog(Log):

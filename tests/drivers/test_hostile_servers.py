@@ -25,6 +25,7 @@ import anyio.to_thread
 import pytest
 
 from drivers.conftest import Driver, wait_until
+from drivers.helpers import Log
 from hostile_server import (
     Close,
     HostileServer,
@@ -48,40 +49,6 @@ WINDOW = 0.5
 MAX_ATTEMPTS_IN_WINDOW = 25
 
 MiB = 1024 * 1024
-
-
-class Log:
-    """The callbacks of one subscription, recorded in order (as in test_faults.py)."""
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, Any]] = []
-
-    def on_message(self, channel: bytes, data: bytes) -> None:
-        self.entries.append(("msg", (channel, data)))
-
-    def on_disconnect(self, error: Exception) -> None:
-        self.entries.append(("disconnect", error))
-
-    def on_activation(self, name: bytes) -> None:
-        self.entries.append(("activate", name))
-
-    def callbacks(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-        return self.on_message, self.on_disconnect, self.on_activation
-
-    def of(self, kind: str) -> list[Any]:
-        return [value for k, value in self.entries if k == kind]
-
-    @property
-    def messages(self) -> list[tuple[bytes, bytes]]:
-        return self.of("msg")
-
-    @property
-    def disconnects(self) -> list[Exception]:
-        return self.of("disconnect")
-
-    @property
-    def activations(self) -> list[bytes]:
-        return self.of("activate")
 
 
 def answering(command_reply: bytes) -> Callable[[int, list[bytes] | None], Reply]:

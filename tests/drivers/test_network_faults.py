@@ -28,7 +28,7 @@ import hiredis
 import pytest
 
 from drivers.conftest import Driver, wait_until
-from drivers.helpers import clients_named, numpat, wait_server
+from drivers.helpers import Log, clients_named, numpat, wait_server
 from fault_proxy import FaultProxy
 from redis_servers import RedisServer, RedisServerFactory, encode_command
 
@@ -107,46 +107,6 @@ HANDSHAKE_CUTS += [H + 2 * FRAME + 20, H + 4 * FRAME - 1, H + 4 * FRAME]
 
 
 # ------------------------------------------------------------------ helpers
-
-
-class Log:
-    """One subscription's callbacks, recorded in order: ("msg", (channel, data)),
-    ("disconnect", error), ("activate", name), each with its time in ``times``."""
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, Any]] = []
-        self.times: list[float] = []
-
-    def _record(self, kind: str, value: Any) -> None:
-        self.entries.append((kind, value))
-        self.times.append(anyio.current_time())
-
-    def on_message(self, channel: bytes, data: bytes) -> None:
-        self._record("msg", (channel, data))
-
-    def on_disconnect(self, error: Exception) -> None:
-        self._record("disconnect", error)
-
-    def on_activation(self, name: bytes) -> None:
-        self._record("activate", name)
-
-    def callbacks(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-        return self.on_message, self.on_disconnect, self.on_activation
-
-    def since(self, start: int, kind: str) -> list[Any]:
-        return [value for k, value in self.entries[start:] if k == kind]
-
-    @property
-    def disconnects(self) -> list[Exception]:
-        return self.since(0, "disconnect")
-
-    @property
-    def activations(self) -> list[bytes]:
-        return self.since(0, "activate")
-
-    @property
-    def messages(self) -> list[tuple[bytes, bytes]]:
-        return self.since(0, "msg")
 
 
 class AsyncLog(Log):

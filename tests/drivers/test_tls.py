@@ -15,6 +15,7 @@ import pytest
 import trustme
 
 from drivers.conftest import Driver, wait_until
+from drivers.helpers import Log
 from drivers.tls_certs import TLSServer, client_context, start_tls_server
 from redis_servers import RedisServerFactory
 
@@ -37,19 +38,6 @@ def tls_server(
 ) -> TLSServer:
     """A TLS port whose certificate names 127.0.0.1 and localhost, signed by ``ca``."""
     return start_tls_server(redis_server_factory, ca, tmp_path, "127.0.0.1", "localhost")
-
-
-class Log:
-    def __init__(self) -> None:
-        self.messages: list[tuple[bytes, bytes]] = []
-        self.disconnects: list[Exception] = []
-        self.activations: list[bytes] = []
-
-    def callbacks(self) -> tuple[Any, Any, Any]:
-        return self.messages_append, self.disconnects.append, self.activations.append
-
-    def messages_append(self, channel: bytes, data: bytes) -> None:
-        self.messages.append((channel, data))
 
 
 def refused_handshakes(tls: TLSServer) -> int:
