@@ -7,12 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from drivers.conftest import wait_until
 from redis_servers import RedisServer
 
 __all__ = (
     "Inbox",
+    "AsyncLog",
     "Log",
     "b",
     "clients_named",
@@ -141,3 +143,27 @@ class Log:
     @property
     def activations(self) -> list[bytes]:
         return self.of("activate")
+
+
+class AsyncLog(Log):
+    """The same log, written by async callbacks (delivered through the subscription's
+    own queue and task rather than inline). ``gate``, when set to an unset
+    ``anyio.Event``, holds every message callback until the event is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: anyio.Event | None = None
+
+    async def on_message(self, channel: bytes, data: bytes) -> None:  # type: ignore[override]
+        if self.gate is not None:
+            await self.gate.wait()
+        await anyio.lowlevel.checkpoint()
+        super().on_message(channel, data)
+
+    async def on_disconnect(self, error: Exception) -> None:  # type: ignore[override]
+        await anyio.lowlevel.checkpoint()
+        super().on_disconnect(error)
+
+    async def on_activation(self, name: bytes) -> None:  # type: ignore[override]
+        await anyio.lowlevel.checkpoint()
+        super().on_activation(name)

@@ -27,7 +27,7 @@ import hiredis
 import pytest
 
 from drivers.conftest import Driver, wait_until
-from drivers.helpers import Log
+from drivers.helpers import AsyncLog, Log
 from redis_servers import RedisServer, RedisServerFactory, acl_user, encode_command
 
 #: Short timers, so that a fault is detected and repaired in well under a second.
@@ -41,29 +41,6 @@ HEALTH_CHECK_BOUND = FAST["health_check_interval"] + FAST["health_check_timeout"
 
 PASSWORD = "Pa55-s3cret-7f3a91"
 WRONG_PASSWORD = "wr0ng-Pa55-c4d2e8"
-
-
-class AsyncLog(Log):
-    """The same log, written by async callbacks. ``gate``, when set to an unset
-    ``anyio.Event``, holds every message callback until the event is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate: anyio.Event | None = None
-
-    async def on_message(self, channel: bytes, data: bytes) -> None:  # type: ignore[override]
-        if self.gate is not None:
-            await self.gate.wait()
-        await anyio.lowlevel.checkpoint()
-        super().on_message(channel, data)
-
-    async def on_disconnect(self, error: Exception) -> None:  # type: ignore[override]
-        await anyio.lowlevel.checkpoint()
-        super().on_disconnect(error)
-
-    async def on_activation(self, name: bytes) -> None:  # type: ignore[override]
-        await anyio.lowlevel.checkpoint()
-        super().on_activation(name)
 
 
 def count_is(n: int, items: Callable[[], list[Any]]) -> Callable[[], bool]:

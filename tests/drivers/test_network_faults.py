@@ -28,7 +28,7 @@ import hiredis
 import pytest
 
 from drivers.conftest import Driver, wait_until
-from drivers.helpers import Log, clients_named, numpat, wait_server
+from drivers.helpers import AsyncLog, Log, clients_named, numpat, wait_server
 from fault_proxy import FaultProxy
 from redis_servers import RedisServer, RedisServerFactory, encode_command
 
@@ -107,23 +107,6 @@ HANDSHAKE_CUTS += [H + 2 * FRAME + 20, H + 4 * FRAME - 1, H + 4 * FRAME]
 
 
 # ------------------------------------------------------------------ helpers
-
-
-class AsyncLog(Log):
-    """The same log written by async callbacks (delivered through the subscription's
-    own queue and task rather than inline)."""
-
-    async def on_message(self, channel: bytes, data: bytes) -> None:  # type: ignore[override]
-        await anyio.lowlevel.checkpoint()
-        super().on_message(channel, data)
-
-    async def on_disconnect(self, error: Exception) -> None:  # type: ignore[override]
-        await anyio.lowlevel.checkpoint()
-        super().on_disconnect(error)
-
-    async def on_activation(self, name: bytes) -> None:  # type: ignore[override]
-        await anyio.lowlevel.checkpoint()
-        super().on_activation(name)
 
 
 def publish_pipelined(server: RedisServer, messages: list[tuple[str, bytes]]) -> list[int]:
