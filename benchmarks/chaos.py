@@ -199,11 +199,18 @@ class Publisher(threading.Thread):
 
 
 class Violations(Counter[str]):
+    """Violations by kind; the first few reports of each kind are printed with details."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reports: Counter[str] = Counter()
+
     def note(self, kind: str, detail: str = "", count: int = 1) -> None:
         if count <= 0:
             return
         self[kind] += count
-        if self[kind] <= 3 and detail:
+        self.reports[kind] += 1
+        if self.reports[kind] <= 3 and detail:
             print(f"  violation: {kind}: {detail}", file=sys.stderr, flush=True)
 
 
