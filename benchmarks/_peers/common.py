@@ -31,6 +31,18 @@ Measures and what the adapter does (the orchestrator publishes; adapters only co
 
 Every result also carries ``rss_peak`` (from :func:`peak_rss_bytes`). An adapter that
 cannot do a measure emits ``{"unsupported": "why"}``; one that fails exits non-zero.
+
+Variants (the tuple an adapter passes to :func:`parse`; the first is the default, and
+``churn`` and ``memory`` run with it): each is one row of the table. The orchestrator
+asks an adapter for them with ``python <adapter> --list-variants`` (answered by
+:func:`parse`, which prints them as a JSON list and exits) and tells a sync consumer from
+an async one by the name: ``sync`` or ``callback`` (or a name that starts with either,
+``callback-run``) is a plain callback; anything else (``async`` for an ``async def``
+callback, ``iter`` for an iterator, ``listen``, ...) is an async consumer. A variant that
+emits ``unsupported`` for every measure is left out of the table (its reason is listed
+under it). A library with several rows of its own (drivers, backends) prefixes them
+with the row and a colon: ``anyio-asyncio:sync``; ``churn`` and ``memory`` then run once
+per row prefix, with its first variant.
 """
 
 from __future__ import annotations
@@ -63,6 +75,9 @@ PAYLOAD_SIZE = 64
 
 
 def parse(variants: tuple[str, ...]) -> argparse.Namespace:
+    if sys.argv[1:] == ["--list-variants"]:
+        print(json.dumps(list(variants)), flush=True)
+        raise SystemExit(0)
     parser = argparse.ArgumentParser()
     parser.add_argument("measure", choices=MEASURES)
     parser.add_argument("--port", type=int, required=True)
