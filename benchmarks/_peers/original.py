@@ -61,6 +61,8 @@ from redismpx import Multiplexer  # noqa: E402
 
 sys.path.insert(0, HERE)
 import common  # noqa: E402
+from side import Side, finish  # noqa: E402
+from side import within as _within  # noqa: E402
 
 VARIANTS = ("sync", "async", "iter")
 NO_ITERATOR = "RedisMPX 0.5.2 has callbacks only (plain or async def), no iterator"
@@ -69,7 +71,6 @@ FANOUT_BROKEN = (
     "internal.List.prepend sets node.next, its iterator follows node._next, so only the "
     "newest subscription of a channel gets messages and activations"
 )
-POLL_SECONDS = 0.001
 T = TypeVar("T")
 
 
@@ -77,69 +78,7 @@ T = TypeVar("T")
 
 
 async def within(awaitable: Awaitable[T], seconds: float, what: str | Callable[[], str]) -> T:
-    try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except TimeoutError:
-        said = what if isinstance(what, str) else what()
-        raise SystemExit(f"original: no {said} after {seconds:g} s") from None
-
-
-def finish(**result: Any) -> None:
-    """Emit the result line and leave at once: the process is discarded, unmeasured."""
-    common.emit(**result)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-class Side:
-    """A plain RESP connection beside the library's, to ask Redis what it has processed."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Side:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
-
-    async def command(self, *args: str) -> Any:
-        out = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            data = arg.encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self.writer.write(b"".join(out))
-        await self.writer.drain()
-        return await self._reply()
-
-    async def _reply(self) -> Any:
-        line = await self.reader.readline()
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else (await self.reader.readexactly(size + 2))[:-2]
-        if kind == b":":
-            return int(rest)
-        if kind == b"+":
-            return rest
-        if kind == b"*":
-            return [await self._reply() for _ in range(int(rest))]
-        raise RuntimeError(f"unexpected reply from Redis: {line!r}")
-
-    async def subscriptions(self, key: str, value: str) -> int:
-        """The ``sub=`` count of the one client whose CLIENT LIST field ``key`` is ``value``."""
-        listing = await self.command("CLIENT", "LIST")
-        for line in listing.decode().splitlines():
-            fields = dict(field.split("=", 1) for field in line.split() if "=" in field)
-            if fields.get(key) == value:
-                return int(fields["sub"])
-        raise RuntimeError(f"no client with {key}={value} in CLIENT LIST")
-
-    async def wait_subscriptions(self, key: str, value: str, count: int) -> None:
-        while True:
-            if await self.subscriptions(key, value) == count:
-                return
-            await asyncio.sleep(POLL_SECONDS)
+    return await _within(awaitable, seconds, what, "original")
 
 
 def fanout_is_broken() -> bool:
