@@ -1218,6 +1218,20 @@ def write_docs(section: str) -> None:
 # ------------------------------------------------------------------ main
 
 
+def shown_arguments() -> list[str]:
+    """The command line, less ``--save FILE`` (where the figures went is nobody's business)."""
+    shown: list[str] = []
+    skip = False
+    for argument in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif argument == "--save":
+            skip = True
+        elif not argument.startswith("--save="):
+            shown.append(argument)
+    return shown
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI: small counts, no docs")
@@ -1267,7 +1281,7 @@ def main() -> None:
         sizes, measures = results.sizes, results.measures
     else:
         results = collect(args, sizes, measures)
-        results.command = " ".join(["python", "benchmarks/peers.py", *sys.argv[1:]])
+        results.command = " ".join(["python", "benchmarks/peers.py", *shown_arguments()])
         results.date = datetime.date.today().isoformat()
     if args.save:
         Path(args.save).write_text(json.dumps(results.to_json(), indent=1) + "\n")
