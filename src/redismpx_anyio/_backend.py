@@ -10,6 +10,7 @@ import anyio
 import anyio.abc
 
 from redismpx_core import ConnectionLost, Settings
+from redismpx_core._errors import describe_cause
 
 __all__ = ("map_exceptions", "open_stream")
 
@@ -31,15 +32,7 @@ def map_exceptions() -> Iterator[None]:
     except anyio.EndOfStream:
         raise ConnectionLost("the server closed the connection") from None
     except _IO_ERRORS as exc:
-        raise ConnectionLost(_describe(exc)) from exc
-
-
-def _describe(exc: BaseException) -> str:
-    """The most telling error in the chain: a TLS stream's BrokenResourceError wraps the
-    SSLError that says *why* (certificate verify failed, ...)."""
-    while exc.__cause__ is not None and not str(exc):
-        exc = exc.__cause__
-    return f"{type(exc).__name__}: {exc}"
+        raise ConnectionLost(describe_cause(exc)) from exc
 
 
 async def open_stream(settings: Settings) -> anyio.abc.ByteStream:

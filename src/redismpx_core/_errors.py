@@ -68,3 +68,12 @@ class ServerError(RedisMPXError):
 
 class AuthenticationError(ServerError):
     """The handshake was refused: wrong password, unknown user, or no password configured."""
+
+
+def describe_cause(exc: BaseException) -> str:
+    """The most telling error in the chain, for a driver's ConnectionLost: a TLS stream's
+    closed-resource error wraps the SSLError that says *why* (certificate verify
+    failed, ...). Shared by the drivers' exception boundaries."""
+    while exc.__cause__ is not None and not str(exc):
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
