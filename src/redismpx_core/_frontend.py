@@ -770,6 +770,10 @@ class MultiplexerBase:
 
     # ---- driver hooks
 
+    #: The driver's connection runner class (its socket and task plumbing), called as
+    #: ``(core, settings, dispatch, on_lost, role)``.
+    _runner_type: Callable[..., Runner]
+
     def _new_runner(
         self,
         core: MultiplexerCore,
@@ -777,8 +781,7 @@ class MultiplexerBase:
         on_lost: Callable[[], None],
         role: str,
     ) -> Runner:
-        """The driver's connection runner for ``core`` (its socket and task plumbing)."""
-        raise NotImplementedError
+        return self._runner_type(core, self.settings, dispatch, on_lost, role)
 
     def _start(self, loop: Loop) -> None:
         """The driver can run tasks now: start the subscription connection."""

@@ -11,7 +11,6 @@ from typing import Any, final
 import trio
 import trio.lowlevel
 
-from redismpx_core import Event, MultiplexerCore
 from redismpx_core._frontend import MultiplexerBase, Signal
 
 from ._runner import ConnectionRunner
@@ -50,6 +49,7 @@ class Multiplexer(MultiplexerBase):
     """
 
     _random = staticmethod(random.random)
+    _runner_type = ConnectionRunner
 
     def __init__(self, url: str = "redis://localhost:6379/0", **options: Any) -> None:
         super().__init__(url, **options)
@@ -85,12 +85,3 @@ class Multiplexer(MultiplexerBase):
         finally:
             self._close()
         return None
-
-    def _new_runner(
-        self,
-        core: MultiplexerCore,
-        dispatch: Callable[[list[Event]], None],
-        on_lost: Callable[[], None],
-        role: str,
-    ) -> ConnectionRunner:
-        return ConnectionRunner(core, self.settings, dispatch, on_lost, role)
