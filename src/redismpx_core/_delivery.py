@@ -174,13 +174,6 @@ class DeliveryQueue:
             or (item[2] if item[2] is not None else item[0]) in held  # type: ignore[index]
         ]
 
-    def take_all(self) -> list[Item]:
-        """Everything queued, in order, unfiltered: the caller checks names at hand-off."""
-        items = list(self._items)
-        self._items.clear()
-        self._messages = 0
-        return items
-
     def take_one(self, held: Container[bytes]) -> Item | None:
         """The oldest item still wanted, or None if there is none (for iterators)."""
         items = self._items
