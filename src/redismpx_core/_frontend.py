@@ -739,7 +739,7 @@ class MultiplexerBase:
 
     A driver subclass owns the task group, the connections and the :class:`Loop`,
     and calls :meth:`_start` once it can run tasks and :meth:`_close` when done; it
-    makes its connection runners in :meth:`_new_runner`.
+    names its connection runner class in ``_runner_type``.
     """
 
     def __init__(self, url: str = "redis://localhost:6379/0", **options: Any) -> None:
