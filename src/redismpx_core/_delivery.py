@@ -3,7 +3,10 @@
 A subscription whose consumer is slow (an async callback, an iterator) must hold
 back only itself (SPEC 3.6). The driver's reader appends every run of messages to
 the subscription's :class:`DeliveryQueue` without waiting, and the subscription's
-own consumer drains it. The queue is pure (no I/O, no waiting); both drivers wrap
+own consumer drains it. A run's :class:`Message` objects are built once, by
+:func:`messages_of`, and shared by every queue it goes to: in a fan-out to a
+thousand iterators, building a message per subscriber was most of the cost, and
+most of the memory. The queue is pure (no I/O, no waiting); both drivers wrap
 it with their own wake-up primitive, so the policy cannot drift between them.
 
 Notices (activation, disconnect) travel in the same queue so that a consumer sees
@@ -14,7 +17,7 @@ disconnect notice), but they never count against the bound and are never dropped
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Container, Iterable
+from collections.abc import Container
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice, repeat
@@ -23,7 +26,7 @@ from typing import Any, Final, NamedTuple
 from ._errors import SubscriptionClosed
 from ._settings import OverflowPolicy
 
-__all__ = ("DeliveryQueue", "Message", "Notice", "SubscriptionOverflow")
+__all__ = ("DeliveryQueue", "Message", "Notice", "SubscriptionOverflow", "messages_of")
 
 
 class Message(NamedTuple):
@@ -42,6 +45,11 @@ class Message(NamedTuple):
 _make_message = partial(tuple.__new__, Message)
 
 
+def messages_of(channel: bytes, pattern: bytes | None, payloads: list[bytes]) -> list[Message]:
+    """One run of messages (a channel's, or a pattern's) as Message objects, in order."""
+    return list(map(_make_message, zip(repeat(channel), payloads, repeat(pattern))))
+
+
 @dataclass(frozen=True, slots=True)
 class Notice:
     """A non-message item for the consumer: ``kind`` is ``"activated"`` or ``"disconnected"``."""
@@ -57,8 +65,8 @@ class SubscriptionOverflow(SubscriptionClosed):
 _DROP_OLDEST: Final = OverflowPolicy.DROP_OLDEST
 _DROP_NEWEST: Final = OverflowPolicy.DROP_NEWEST
 
-#: Items in the queue: a message is a (channel, payload, pattern) tuple; a notice is a Notice.
-Item = tuple[bytes, bytes, bytes | None] | Notice
+#: Items in the queue: messages and notices, in the order they happened.
+Item = Message | Notice
 
 
 class DeliveryQueue:
@@ -70,21 +78,19 @@ class DeliveryQueue:
     subscription with a :class:`SubscriptionOverflow`.
     """
 
-    __slots__ = ("_items", "_make", "_messages", "bound", "dropped", "overflowed", "policy")
+    __slots__ = ("_items", "_notices", "bound", "dropped", "overflowed", "policy")
 
-    def __init__(
-        self, bound: int, policy: OverflowPolicy | str, *, messages: bool = False
-    ) -> None:
+    def __init__(self, bound: int, policy: OverflowPolicy | str) -> None:
         if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
             raise ValueError(f"buffer_size must be a positive int, got {bound!r}")
         self.bound = bound
         self.policy = OverflowPolicy(policy)
         self._items: deque[Item] = deque()
-        self._messages = 0
+        # Notices are counted rather than messages, so that a consumer taking a
+        # message (the hot path) has no count to update.
+        self._notices = 0
         self.dropped = 0
         self.overflowed = False
-        # Items are Message objects (for iterators) instead of plain tuples.
-        self._make = _make_message if messages else None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -92,36 +98,35 @@ class DeliveryQueue:
     @property
     def messages(self) -> int:
         """Messages waiting (notices not counted)."""
-        return self._messages
+        return len(self._items) - self._notices
 
-    def push(self, channel: bytes, pattern: bytes | None, payloads: list[bytes]) -> bool:
-        """Append a run of messages; returns False if the queue overflowed under ``close``."""
+    def push(self, messages: list[Message]) -> bool:
+        """Append a run of messages; returns False if the queue overflowed under ``close``.
+
+        ``messages`` may be shared with other queues: it is read, never changed.
+        """
+        count = len(messages)
         if self.overflowed:
-            self.dropped += len(payloads)
+            self.dropped += count
             return False
-        room = self.bound - self._messages
-        count = len(payloads)
+        held = len(self._items) - self._notices
+        room = self.bound - held
         if count <= room:
-            self._items.extend(self._run(channel, pattern, payloads))
-            self._messages += count
+            self._items.extend(messages)
             return True
         if self.policy is _DROP_NEWEST:
-            self._items.extend(self._run(channel, pattern, islice(payloads, room)))
-            self._messages += room
+            self._items.extend(islice(messages, room))
             self.dropped += count - room
             return True
         if self.policy is _DROP_OLDEST:
             excess = count - room
-            if excess >= self._messages:  # every buffered message goes, and some of the run
+            if excess >= held:  # every buffered message goes, and some of the run
                 self.dropped += excess
-                skip = excess - self._messages
                 self._drop_all_messages()
-                payloads = payloads[skip:]
-                count -= skip
+                messages = messages[excess - held :]
             else:
                 self._drop_oldest(excess)
-            self._items.extend(self._run(channel, pattern, payloads))
-            self._messages += count
+            self._items.extend(messages)
             return True
         self.overflowed = True
         self.dropped += count
@@ -129,15 +134,12 @@ class DeliveryQueue:
 
     def discard_messages(self) -> None:
         """Drop every buffered message (counted as dropped), keep the notices."""
-        self.dropped += self._messages
+        self.dropped += len(self._items) - self._notices
         self._drop_all_messages()
-
-    def _run(self, channel: bytes, pattern: bytes | None, payloads: Iterable[bytes]) -> Any:
-        items = zip(repeat(channel), payloads, repeat(pattern))
-        return items if self._make is None else map(self._make, items)
 
     def push_notice(self, notice: Notice) -> None:
         self._items.append(notice)
+        self._notices += 1
 
     def _drop_oldest(self, count: int) -> None:
         items = self._items
@@ -148,7 +150,6 @@ class DeliveryQueue:
                 kept.append(item)
             else:
                 count -= 1
-                self._messages -= 1
                 self.dropped += 1
         items.extendleft(reversed(kept))
 
@@ -156,7 +157,6 @@ class DeliveryQueue:
         notices = [item for item in self._items if item.__class__ is Notice]
         self._items.clear()
         self._items.extend(notices)
-        self._messages = 0
 
     def take(self, held: Container[bytes]) -> list[Item]:
         """Everything queued, in order, minus messages of names no longer in ``held``.
@@ -166,7 +166,7 @@ class DeliveryQueue:
         """
         items = list(self._items)
         self._items.clear()
-        self._messages = 0
+        self._notices = 0
         return [
             item
             for item in items
@@ -180,13 +180,12 @@ class DeliveryQueue:
         while items:
             item = items.popleft()
             if item.__class__ is Notice:
+                self._notices -= 1
                 return item
-            self._messages -= 1
-            channel, _, pattern = item  # type: ignore[misc]
-            if (pattern if pattern is not None else channel) in held:
+            if (item[2] or item[0]) in held:  # type: ignore[index]
                 return item
         return None
 
     def clear(self) -> None:
         self._items.clear()
-        self._messages = 0
+        self._notices = 0

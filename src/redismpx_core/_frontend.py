@@ -25,7 +25,7 @@ from types import CoroutineType
 from typing import Any, Protocol, final
 
 from ._core import ConnectionState, MultiplexerCore
-from ._delivery import DeliveryQueue, Message, Notice, SubscriptionOverflow
+from ._delivery import DeliveryQueue, Message, Notice, SubscriptionOverflow, messages_of
 from ._errors import (
     InactiveSubscription,
     RedisMPXError,
@@ -136,11 +136,13 @@ class _Consumer:
     """Delivery to one subscription: inline callbacks, or a queue and a task of its own."""
 
     __slots__ = (
+        "_buffer_size",
         "_handle",
         "_mpx",
         "_on_activation",
         "_on_disconnect",
         "_on_message",
+        "_overflow",
         "_queue",
         "_queued",
         "_signal",
@@ -166,8 +168,12 @@ class _Consumer:
         self._on_message = on_message
         self._on_disconnect = on_disconnect
         self._on_activation = on_activation
-        self._queue = DeliveryQueue(size, policy)
+        self._buffer_size = size
+        self._overflow = policy
         self._queued = is_async_callable(on_message)
+        # A subscription whose callbacks are all sync never needs a buffer; an empty
+        # one would be most of an idle subscription's memory.
+        self._queue = DeliveryQueue(size, policy) if self._queued else None
         self._signal: Signal | None = None
         self._task_running = False
         self._handle: Subscription = mpx._core.open_subscription(kind, owner=self)
@@ -175,14 +181,13 @@ class _Consumer:
     # ---- called by the dispatcher, on the reader's path: never block, never raise
 
     def _deliver(self, channel: bytes, pattern: bytes | None, payloads: list[bytes]) -> None:
-        if self._queued:
-            self._enqueue(channel, pattern, payloads)
-            return
+        """Run the sync callback on each message, inline (the dispatcher calls this only
+        while ``_queued`` is false; otherwise it calls ``_enqueue``)."""
         names = self._handle.names
         name = channel if pattern is None else pattern
         callback = self._on_message
         delivered = 0
-        for index, payload in enumerate(payloads):
+        for payload in payloads:
             if name not in names:  # a callback removed it: nothing more of it (SPEC 3.5)
                 break
             delivered += 1
@@ -194,7 +199,8 @@ class _Consumer:
             if result is not None and inspect.isawaitable(result):
                 self._queued = True
                 self._push_notice(Notice("await", result))
-                self._enqueue(channel, pattern, payloads[index + 1 :])
+                if delivered < len(payloads):
+                    self._enqueue(messages_of(channel, pattern, payloads[delivered:]))
                 break
         self._mpx._delivered += delivered
 
@@ -224,13 +230,17 @@ class _Consumer:
             self._queued = True
             self._push_notice(Notice("await", result))
 
-    def _enqueue(self, channel: bytes, pattern: bytes | None, payloads: list[bytes]) -> None:
-        if not payloads:
-            return
+    def _ensure_queue(self) -> DeliveryQueue:
         queue = self._queue
+        if queue is None:  # (not `or`: an empty queue is falsy)
+            queue = self._queue = DeliveryQueue(self._buffer_size, self._overflow)
+        return queue
+
+    def _enqueue(self, messages: list[Message]) -> None:
+        queue = self._ensure_queue()
         before = queue.dropped
         already_overflowed = queue.overflowed
-        accepted = queue.push(channel, pattern, payloads)
+        accepted = queue.push(messages)
         self._mpx._dropped += queue.dropped - before
         if not accepted:
             # Later runs of the same socket read still name this subscription: the
@@ -241,22 +251,24 @@ class _Consumer:
         self._wake()
 
     def _push_notice(self, notice: Notice) -> None:
-        self._queue.push_notice(notice)
+        self._ensure_queue().push_notice(notice)
         self._wake()
 
     def _overflowed(self) -> None:
+        queue = self._queue
+        assert queue is not None  # only a queue overflows
         error = SubscriptionOverflow(
-            f"the subscription's buffer of {self._queue.bound} messages overflowed"
+            f"the subscription's buffer of {queue.bound} messages overflowed"
         )
         # Closed at once: what it had buffered will never be handed over, so it counts
         # as dropped too (delivered + dropped = received, whatever the timing).
-        before = self._queue.dropped
-        self._queue.discard_messages()
-        self._mpx._dropped += self._queue.dropped - before
+        before = queue.dropped
+        queue.discard_messages()
+        self._mpx._dropped += queue.dropped - before
         self._mpx._dispatch(self._mpx._core.close_subscription(self._handle))
         self._mpx._wake_writer()
         if self._on_disconnect is not None:
-            self._queue.push_notice(Notice("disconnected", error))
+            queue.push_notice(Notice("disconnected", error))
         self._wake()
 
     def _wake(self) -> None:
@@ -269,24 +281,31 @@ class _Consumer:
     async def _drain(self) -> None:
         """The subscription's own task: await its callbacks, in order, one at a time."""
         mpx = self._mpx
-        names = self._handle.names
+        handle = self._handle
+        names = handle.names
         on_message = self._on_message
-        take_one = self._queue.take_one
+        queue = self._queue
+        assert queue is not None  # made before the task is spawned
+        # DeliveryQueue.take_one, inlined: this is the hot path of every async callback.
+        items = queue._items
         try:
             while True:
                 # One item at a time: what waits for a stuck callback stays in the queue,
                 # inside its bound, and a name removed meanwhile is filtered at hand-off.
-                item = take_one(names)
-                if item is None:
-                    if self._handle.closed:
+                if not items:
+                    if handle.closed:
                         return
                     signal = self._signal = mpx._loop.new_signal()
                     await signal.wait()
                     continue
+                item = items.popleft()
                 if item.__class__ is Notice:
+                    queue._notices -= 1
                     await self._run_notice(item)
                     continue
-                channel, payload, _ = item  # type: ignore[misc]
+                channel, payload, pattern = item  # type: ignore[misc]
+                if (pattern or channel) not in names:  # names are never empty
+                    continue
                 mpx._delivered += 1
                 try:
                     result = on_message(channel, payload)
@@ -331,7 +350,7 @@ class _Consumer:
     @property
     def dropped(self) -> int:
         """Messages this subscription lost to its full buffer."""
-        return self._queue.dropped
+        return 0 if self._queue is None else self._queue.dropped
 
     def close(self) -> None:
         """Stop receiving; closing twice is fine."""
@@ -590,7 +609,7 @@ class MessageIterator:
         size, policy = _buffer_options(mpx, buffer_size, overflow)
         mpx._check_usable()
         self._mpx = mpx
-        self._queue = DeliveryQueue(size, policy, messages=True)
+        self._queue = DeliveryQueue(size, policy)
         self._signal = mpx._loop.new_signal()
         self._error: RedisMPXError | None = None
         self._counter = 0
@@ -629,10 +648,13 @@ class MessageIterator:
         self.close()
         await self._mpx._loop.checkpoint()
 
-    def _deliver(self, channel: bytes, pattern: bytes | None, payloads: list[bytes]) -> None:
+    #: The dispatcher hands an iterator every run as shared Message objects.
+    _queued = True
+
+    def _enqueue(self, messages: list[Message]) -> None:
         queue = self._queue
         before = queue.dropped
-        accepted = queue.push(channel, pattern, payloads)
+        accepted = queue.push(messages)
         if not accepted:
             queue.discard_messages()  # closed at once: never handed over, so dropped
             self._mpx._dropped += queue.dropped - before
@@ -679,18 +701,16 @@ class MessageIterator:
         return self
 
     async def __anext__(self) -> Message:
-        # The hot path: a buffered message of a held name, no checkpoint due.
+        # The hot path: a buffered message of a held name, no checkpoint due. (An
+        # iterator's queue holds no notices; names are never empty.)
         items = self._queue._items
         if items and self._counter < ITERATOR_CHECKPOINT_EVERY - 1:
             item = items[0]
-            if item.__class__ is Message:
-                name = item[0] if item[2] is None else item[2]
-                if name in self._handle.names:
-                    items.popleft()
-                    self._counter += 1
-                    self._queue._messages -= 1
-                    self._mpx._delivered += 1
-                    return item
+            if (item[2] or item[0]) in self._handle.names:  # type: ignore[index]
+                items.popleft()
+                self._counter += 1
+                self._mpx._delivered += 1
+                return item  # type: ignore[return-value]
         return await self._next_slowly()
 
     async def _next_slowly(self) -> Message:
@@ -858,8 +878,14 @@ class MultiplexerBase:
             cls = event.__class__
             if cls is MessagesReceived:
                 channel, pattern, payloads = event.channel, event.pattern, event.payloads  # type: ignore[union-attr]
+                messages = None  # built at most once, shared by every queue of the run
                 for owner in event.subscribers:  # type: ignore[union-attr]
-                    owner._deliver(channel, pattern, payloads)
+                    if owner._queued:
+                        if messages is None:
+                            messages = messages_of(channel, pattern, payloads)
+                        owner._enqueue(messages)
+                    else:
+                        owner._deliver(channel, pattern, payloads)
             elif cls is NameActivated:
                 event.subscriber._activated(event.name)  # type: ignore[union-attr]
             elif cls is SubscriptionDisconnected:
