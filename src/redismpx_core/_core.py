@@ -25,7 +25,7 @@ import enum
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from . import _state
 from ._backoff import Backoff
@@ -88,14 +88,17 @@ _COMMAND_NAMES: Final = {
     (NameKind.SHARD, Command.UNSUBSCRIBE): b"SUNSUBSCRIBE",
 }
 
-#: First element of a confirmation frame -> (name space, reply).
+_SUBSCRIBED: Final = (Command.SUBSCRIBE, Reply.SUBSCRIBE_CONFIRMED)
+_UNSUBSCRIBED: Final = (Command.UNSUBSCRIBE, Reply.UNSUBSCRIBE_CONFIRMED)
+
+#: First element of a confirmation frame -> (name space, command confirmed, reply).
 _CONFIRMATION_KINDS: Final = {
-    b"subscribe": (NameKind.CHANNEL, Reply.SUBSCRIBE_CONFIRMED),
-    b"unsubscribe": (NameKind.CHANNEL, Reply.UNSUBSCRIBE_CONFIRMED),
-    b"psubscribe": (NameKind.PATTERN, Reply.SUBSCRIBE_CONFIRMED),
-    b"punsubscribe": (NameKind.PATTERN, Reply.UNSUBSCRIBE_CONFIRMED),
-    b"ssubscribe": (NameKind.SHARD, Reply.SUBSCRIBE_CONFIRMED),
-    b"sunsubscribe": (NameKind.SHARD, Reply.UNSUBSCRIBE_CONFIRMED),
+    b"subscribe": (NameKind.CHANNEL, *_SUBSCRIBED),
+    b"unsubscribe": (NameKind.CHANNEL, *_UNSUBSCRIBED),
+    b"psubscribe": (NameKind.PATTERN, *_SUBSCRIBED),
+    b"punsubscribe": (NameKind.PATTERN, *_UNSUBSCRIBED),
+    b"ssubscribe": (NameKind.SHARD, *_SUBSCRIBED),
+    b"sunsubscribe": (NameKind.SHARD, *_UNSUBSCRIBED),
 }
 
 #: Error codes that say the connection, not a name, is the problem: reconnect.
@@ -116,6 +119,9 @@ _CONNECTION_ERROR_CODES: Final = frozenset(
 )
 _AUTH_ERROR_CODES: Final = frozenset({"WRONGPASS", "NOAUTH"})
 
+_IF_WANTED: Final = _state.FLUSH_ACTIONS[True]
+_IF_UNWANTED: Final = _state.FLUSH_ACTIONS[False]
+
 # Kinds of replies the connection waits for, besides subscription confirmations.
 _HANDSHAKE: Final = "handshake"
 _PING: Final = "ping"
@@ -125,7 +131,7 @@ _PUBLISH: Final = "publish"
 class _Expected:
     """One command whose replies are still due, in wire order."""
 
-    __slots__ = ("command", "index", "kind", "label", "names", "token")
+    __slots__ = ("command", "index", "kind", "label", "records", "token")
 
     def __init__(
         self,
@@ -133,13 +139,15 @@ class _Expected:
         *,
         kind: NameKind | None = None,
         command: Command | None = None,
-        names: list[bytes] | None = None,
+        records: list[_NameRecord] | None = None,
         token: int = 0,
     ) -> None:
         self.label = label
         self.kind = kind
         self.command = command
-        self.names = names or []
+        # The records of the names sent, in order: a record stays the current one for
+        # its name while a command for it is in flight (only an IDLE record is dropped).
+        self.records = records or []
         self.index = 0
         self.token = token
 
@@ -149,19 +157,31 @@ class _NameRecord:
 
     __slots__ = ("holders", "kind", "name", "promise_holders", "snapshot", "solo", "state")
 
-    def __init__(self, kind: NameKind, name: bytes) -> None:
+    def __init__(self, kind: NameKind, name: bytes, holder: Subscription) -> None:
         self.kind = kind
         self.name = name
         self.state = IDLE
-        self.holders: dict[Subscription, None] = {}
+        # The subscriptions holding the name: None, the only one, or a dict of two or
+        # more in the order they came. Most names have one holder, and a dict for it
+        # would be the largest part of the record.
+        self.holders: Subscription | dict[Subscription, None] | None = holder
         # Owners of the non-promise holders, rebuilt lazily after a change.
-        self.snapshot: tuple[Any, ...] | None = ()
+        self.snapshot: tuple[Any, ...] | None = None
         self.promise_holders: tuple[Subscription, ...] = ()
         # Send alone: this name was in a batch that Redis refused as a whole.
         self.solo = False
 
-    def refresh(self) -> tuple[Any, ...]:
+    def held_by(self) -> tuple[Subscription, ...] | dict[Subscription, None]:
+        """The holders, in the order they came (iterate; do not change)."""
         holders = self.holders
+        if holders is None:
+            return ()
+        if isinstance(holders, dict):
+            return holders
+        return (holders,)
+
+    def refresh(self) -> tuple[Any, ...]:
+        holders = self.held_by()
         self.promise_holders = tuple(s for s in holders if s.kind is SubscriptionKind.PROMISE)
         if self.promise_holders:
             snapshot = tuple(s.owner for s in holders if s.kind is not SubscriptionKind.PROMISE)
@@ -169,6 +189,24 @@ class _NameRecord:
             snapshot = tuple(s.owner for s in holders)
         self.snapshot = snapshot
         return snapshot
+
+
+_ONLY_BYTES: Final = {bytes}
+
+
+def _channel_names(names: Iterable[object]) -> Iterable[bytes]:
+    """``coerce_names(names, "channel")``, without a call per name when all are bytes.
+
+    Every name is checked before any is used, as there; duplicates may be left in
+    (``_add`` and ``_remove`` skip a name already done).
+    """
+    if (
+        isinstance(names, tuple | list)
+        and set(map(type, names)) == _ONLY_BYTES
+        and b"" not in names
+    ):
+        return cast("tuple[bytes, ...] | list[bytes]", names)
+    return coerce_names(names, "channel")
 
 
 def _check_seconds(label: str, value: object, *, allow_none: bool = False) -> float | None:
@@ -324,14 +362,14 @@ class MultiplexerCore:
         self._check_sub(sub)
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name")
-        return self._add(sub, coerce_names(names, "channel"))
+        return self._add(sub, _channel_names(names))
 
     def remove(self, sub: Subscription, names: Iterable[object]) -> None:
         """Remove names from a channel or shard subscription (names it lacks are ignored)."""
         self._check_sub(sub)
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name")
-        self._remove(sub, coerce_names(names, "channel"))
+        self._remove(sub, _channel_names(names))
 
     def clear(self, sub: Subscription) -> None:
         """Remove every name of a channel or shard subscription."""
@@ -362,35 +400,52 @@ class MultiplexerCore:
         record = self._records[sub.kind.name_kind].get(name)
         return record is not None and record.state is ACTIVE
 
-    def _add(self, sub: Subscription, names: list[bytes]) -> list[Event]:
-        records = self._records[sub.kind.name_kind]
+    def _add(self, sub: Subscription, names: Iterable[bytes]) -> list[Event]:
+        kind = sub.kind.name_kind
+        records = self._records[kind]
+        held = sub.names
+        dirty = self._dirty
         events: list[Event] = []
         for name in names:
-            if name in sub.names:
+            if name in held:
                 continue
+            held[name] = None
             record = records.get(name)
             if record is None:
-                record = records[name] = _NameRecord(sub.kind.name_kind, name)
-            if not record.holders:
-                self._dirty[record] = None
-            record.holders[sub] = None
+                record = records[name] = _NameRecord(kind, name, sub)
+                dirty[record] = None
+                continue
+            holders = record.holders
+            if holders is None:
+                record.holders = sub
+                dirty[record] = None
+            elif isinstance(holders, dict):
+                holders[sub] = None
+            else:
+                record.holders = {holders: None, sub: None}
             record.snapshot = None
-            sub.names[name] = None
             if record.state is ACTIVE:
                 events.append(NameActivated(sub.owner, name))
         return events
 
-    def _remove(self, sub: Subscription, names: list[bytes]) -> None:
+    def _remove(self, sub: Subscription, names: Iterable[bytes]) -> None:
         records = self._records[sub.kind.name_kind]
+        held = sub.names
+        dirty = self._dirty
         for name in names:
-            if name not in sub.names:
+            if name not in held:
                 continue
-            del sub.names[name]
+            del held[name]
             record = records[name]
-            del record.holders[sub]
+            holders = record.holders
+            if isinstance(holders, dict):
+                del holders[sub]
+                if len(holders) == 1:
+                    record.holders = next(iter(holders))
+            else:  # sub was the only holder
+                record.holders = None
+                dirty[record] = None
             record.snapshot = None
-            if not record.holders:
-                self._dirty[record] = None
 
     def _check_open(self) -> None:
         if self.state is ConnectionState.CLOSED:
@@ -426,23 +481,28 @@ class MultiplexerCore:
             raise InactiveSubscription("the promise subscription is not active")
         channel = sub.prefix + suffix_bytes
         promise = Promise(sub, channel, now + timeout, owner)
+        if sub.promises is None:
+            sub.promises = {}
         sub.promises.setdefault(channel, []).append(promise)
         self._promise_seq += 1
         heapq.heappush(self._promise_heap, (promise.deadline, self._promise_seq, promise))
         return promise
 
-    def _fulfil(self, sub: Subscription, channel: bytes, data: bytes, events: list[Event]) -> None:
-        for promise in sub.promises.pop(channel, ()):
+    def _fulfil(
+        self, promises: dict[bytes, list[Promise]], channel: bytes, data: bytes, events: list[Event]
+    ) -> None:
+        for promise in promises.pop(channel, ()):
             events.append(PromiseFulfilled(promise.owner, data))
             self._settled_early(promise)
 
     def _fail_promises(self, sub: Subscription, error: RedisMPXError) -> list[Event]:
         events: list[Event] = []
-        for promises in sub.promises.values():
-            for promise in promises:
-                events.append(PromiseFailed(promise.owner, error))
-                self._settled_early(promise)
-        sub.promises.clear()
+        if sub.promises:
+            for promises in sub.promises.values():
+                for promise in promises:
+                    events.append(PromiseFailed(promise.owner, error))
+                    self._settled_early(promise)
+            sub.promises.clear()
         return events
 
     def _settled_early(self, promise: Promise) -> None:
@@ -501,7 +561,7 @@ class MultiplexerCore:
             self._handshake_pending += 1
         for records in self._records.values():
             for record in records.values():
-                if record.holders:
+                if record.holders is not None:
                     self._dirty[record] = None
         return []
 
@@ -567,7 +627,7 @@ class MultiplexerCore:
         self._expected.clear()
         self._dirty.clear()
         for records in self._records.values():
-            for name in [n for n, r in records.items() if not r.holders]:
+            for name in [n for n, r in records.items() if r.holders is None]:
                 del records[name]
             for record in records.values():
                 record.state = IDLE
@@ -613,7 +673,7 @@ class MultiplexerCore:
     def statistics(self, *, messages_delivered: int, messages_dropped: int) -> Statistics:
         """A snapshot of the counters; the driver adds what only it counts."""
         active = {
-            kind: sum(1 for r in records.values() if r.state is ACTIVE)
+            kind: [r.state for r in records.values()].count(ACTIVE)
             for kind, records in self._records.items()
         }
         return Statistics(
@@ -672,11 +732,12 @@ class MultiplexerCore:
                 self._dead_timers -= 1
                 continue
             promise.settled = True
-            pending = promise.subscription.promises.get(promise.channel)
-            if pending is not None:
+            promises = promise.subscription.promises
+            if promises is not None and promise.channel in promises:
+                pending = promises[promise.channel]
                 pending.remove(promise)
                 if not pending:
-                    del promise.subscription.promises[promise.channel]
+                    del promises[promise.channel]
             events.append(PromiseExpired(promise.owner))
         if self.state is ConnectionState.HANDSHAKING or self.state is ConnectionState.READY:
             if self._handshake_deadline is not None and now >= self._handshake_deadline:
@@ -732,31 +793,42 @@ class MultiplexerCore:
         )
 
     def _flush_names(self) -> None:
-        batches: dict[tuple[NameKind, Command], list[bytes]] = {}
-        solos: list[tuple[NameKind, Command, bytes]] = []
+        batches: dict[tuple[NameKind, Command], list[_NameRecord]] = {}
+        solos: list[tuple[NameKind, Command, _NameRecord]] = []
+        # The batch of the last record: names of one kind and command mostly come in a row.
+        batch: list[_NameRecord] = []
+        batch_kind: NameKind | None = None
+        batch_command: Command | None = None
         for record in self._dirty:
-            wanted = bool(record.holders)
-            action = _state.FLUSH_ACTIONS.get((record.state, wanted))
-            if action is None:
-                if record.state is IDLE and not wanted:
-                    self._forget(record)
-                continue
+            if record.holders is None:
+                action = _IF_UNWANTED.get(record.state)
+                if action is None:
+                    if record.state is IDLE:
+                        self._forget(record)
+                    continue
+            else:
+                action = _IF_WANTED.get(record.state)
+                if action is None:
+                    continue
             command, record.state = action
             if record.solo:
                 record.solo = False
-                solos.append((record.kind, command, record.name))
-            else:
-                batches.setdefault((record.kind, command), []).append(record.name)
+                solos.append((record.kind, command, record))
+                continue
+            if command is not batch_command or record.kind is not batch_kind:
+                batch_kind, batch_command = record.kind, command
+                batch = batches.setdefault((batch_kind, batch_command), [])
+            batch.append(record)
         self._dirty.clear()
-        for (kind, command), names in batches.items():
-            for start in range(0, len(names), MAX_NAMES_PER_COMMAND):
-                self._send(kind, command, names[start : start + MAX_NAMES_PER_COMMAND])
-        for kind, command, name in solos:
-            self._send(kind, command, [name])
+        for (kind, command), records in batches.items():
+            for start in range(0, len(records), MAX_NAMES_PER_COMMAND):
+                self._send(kind, command, records[start : start + MAX_NAMES_PER_COMMAND])
+        for kind, command, record in solos:
+            self._send(kind, command, [record])
 
-    def _send(self, kind: NameKind, command: Command, names: list[bytes]) -> None:
-        self._out += pack_command(_COMMAND_NAMES[kind, command], *names)
-        self._expected.append(_Expected("names", kind=kind, command=command, names=names))
+    def _send(self, kind: NameKind, command: Command, records: list[_NameRecord]) -> None:
+        self._out += pack_command(_COMMAND_NAMES[kind, command], *[r.name for r in records])
+        self._expected.append(_Expected("names", kind=kind, command=command, records=records))
 
     # ------------------------------------------------------------------ input
 
@@ -789,9 +861,14 @@ class MultiplexerCore:
         # The run: consecutive messages of one channel (and pattern) extend the last
         # MessagesReceived instead of making one event each. ``run`` says which frame
         # kind the open run takes (0: none); anything else that happens closes it.
+        # Run 4 is one of confirmations: the next names of the command in flight, whose
+        # confirmation frames (``run_channel``, b"subscribe" say) take a short path.
         run = 0
         run_channel = run_pattern = b""
         run_append: Callable[[bytes], None] = events.append  # type: ignore[assignment]
+        run_expected: Any = None
+        run_records: dict[bytes, _NameRecord] = channels
+        run_transitions: dict[NameState, NameState] = {}
         try:
             while True:
                 frame: Any = gets()
@@ -800,6 +877,27 @@ class MultiplexerCore:
                     kind, channel, payload = frame
                     if kind == b"message" and channel == run_channel and payload.__class__ is bytes:
                         run_append(payload)
+                        continue
+                elif run == 4 and frame.__class__ is frame_type and frame[0] == run_channel:
+                    # The common case: the next name of the command in flight, checked at
+                    # once. Its two usual outcomes are written out as _enter has them (ACTIVE
+                    # and held by one: tell it; IDLE and held by none: drop the record).
+                    record = run_expected.records[run_expected.index]
+                    state = run_transitions.get(record.state)
+                    if state is not None and len(frame) == 3 and frame[1] == record.name:
+                        run_expected.index += 1
+                        if run_expected.index == len(run_expected.records):
+                            self._expected.popleft()
+                            run = 0
+                        holders = record.holders
+                        if state is ACTIVE and holders.__class__ is Subscription:
+                            record.state = state
+                            events.append(NameActivated(holders.owner, record.name))
+                        elif state is IDLE and holders is None and not self._dirty:
+                            record.state = state
+                            del run_records[record.name]
+                        else:
+                            self._enter(record, state, events)
                         continue
                 if frame is NOT_ENOUGH_DATA:
                     if fed < size:
@@ -861,7 +959,11 @@ class MultiplexerCore:
                     run = 0
                     confirmation = _CONFIRMATION_KINDS.get(kind)
                     if confirmation is not None:
-                        self._confirm(confirmation[0], confirmation[1], frame, events)
+                        run_expected = self._confirm(confirmation, frame, events)
+                        if run_expected is not None:
+                            run, run_channel = 4, kind
+                            run_records = self._records[confirmation[0]]
+                            run_transitions = _state.CONFIRMATIONS[confirmation[2]]
                         continue
                     if frame_type is PushFrame:
                         continue  # another RESP3 push (invalidate, ...): not ours to handle
@@ -909,63 +1011,75 @@ class MultiplexerCore:
             events.append(MessagesReceived(subscribers, channel, pattern, payloads))
         if record.promise_holders:
             for sub in record.promise_holders:
-                if channel in sub.promises:
-                    self._fulfil(sub, channel, payload, events)
+                promises = sub.promises
+                if promises and channel in promises:
+                    self._fulfil(promises, channel, payload, events)
             return None  # promise fulfilments must stay in order with the messages
         return payloads
 
-    def _confirm(self, kind: NameKind, reply: Reply, frame: Any, events: list[Event]) -> None:
+    def _confirm(
+        self, confirmation: tuple[NameKind, Command, Reply], frame: Any, events: list[Event]
+    ) -> _Expected | None:
+        """Take a confirmation; returns the command in flight if more of its kind are due."""
         name = frame[1]
         if len(frame) != 3 or name.__class__ is not bytes:
             raise ProtocolError("a subscription confirmation of the wrong shape")
+        kind, command, reply = confirmation
         expected = self._expected[0] if self._expected else None
-        command = (
-            Command.SUBSCRIBE if reply is Reply.SUBSCRIBE_CONFIRMED else Command.UNSUBSCRIBE
-        )
-        record = self._records[kind].get(name)
-        if (
-            expected is None
-            or expected.kind is not kind
-            or expected.command is not command
-            or expected.names[expected.index] != name
-        ):
-            if (
-                kind is NameKind.SHARD
-                and command is Command.UNSUBSCRIBE
-                and record is not None
-                and record.state in _state.ON_SERVER_UNSUBSCRIBE
-            ):
-                # Redis Cluster moved the slot away: subscribe again (on the new owner).
-                record.state = _state.ON_SERVER_UNSUBSCRIBE[record.state]
-                self._dirty[record] = None
-                return
-            raise ProtocolError(
-                f"unexpected {frame[0].decode(errors='replace')} confirmation from the server"
-            )
+        if expected is None or expected.kind is not kind or expected.command is not command:
+            self._unexpected(kind, command, frame)
+            return None
+        record = expected.records[expected.index]
+        if record.name != name:
+            self._unexpected(kind, command, frame)
+            return None
         expected.index += 1
-        if expected.index == len(expected.names):
+        if expected.index == len(expected.records):
             self._expected.popleft()
-        if record is None:
-            raise ProtocolError("confirmation for a name the core does not track")
-        next_state = _state.CONFIRMATIONS.get((record.state, reply))
+            expected = None
+        next_state = _state.CONFIRMATIONS[reply].get(record.state)
         if next_state is None:
-            raise ProtocolError(
-                f"{reply.value} while the name is {record.state.value}"
-            )
+            raise ProtocolError(f"{reply.value} while the name is {record.state.value}")
         self._enter(record, next_state, events)
+        return expected
+
+    def _unexpected(self, kind: NameKind, command: Command, frame: Any) -> None:
+        """A confirmation that does not match the command in flight."""
+        record = self._records[kind].get(frame[1])
+        if (
+            kind is NameKind.SHARD
+            and command is Command.UNSUBSCRIBE
+            and record is not None
+            and record.state in _state.ON_SERVER_UNSUBSCRIBE
+        ):
+            # Redis Cluster moved the slot away: subscribe again (on the new owner).
+            record.state = _state.ON_SERVER_UNSUBSCRIBE[record.state]
+            self._dirty[record] = None
+            return
+        raise ProtocolError(
+            f"unexpected {frame[0].decode(errors='replace')} confirmation from the server"
+        )
 
     def _enter(self, record: _NameRecord, state: NameState, events: list[Event]) -> None:
         record.state = state
-        wanted = bool(record.holders)
-        if state is ACTIVE and wanted:
+        holders = record.holders
+        if holders is None:
+            if state is IDLE:
+                self._forget(record)
+                if self._dirty:  # touched again while its command was out: moot now
+                    self._dirty.pop(record, None)
+            elif state in _IF_UNWANTED:
+                self._dirty[record] = None
+            return
+        if state is ACTIVE:
             name = record.name
-            for sub in record.holders:
-                events.append(NameActivated(sub.owner, name))
-        if (state, wanted) in _state.FLUSH_ACTIONS:
+            if isinstance(holders, dict):
+                for sub in holders:
+                    events.append(NameActivated(sub.owner, name))
+            else:
+                events.append(NameActivated(holders.owner, name))
+        if state in _IF_WANTED:
             self._dirty[record] = None
-        elif state is IDLE and not wanted:
-            self._forget(record)
-            self._dirty.pop(record, None)
 
     def _forget(self, record: _NameRecord) -> None:
         """Drop an IDLE, unwanted record (only if it is still the current one for its name)."""
@@ -1015,21 +1129,18 @@ class MultiplexerCore:
             or message.startswith("ERR max number of clients")
         ):
             raise error
-        assert expected.kind is not None
-        records = self._records[expected.kind]
-        if len(expected.names) > 1:
+        if len(expected.records) > 1:
             # ACLs refuse a whole command for one forbidden name: retry each name
             # alone, so that only the forbidden one is dropped.
-            for name in expected.names:
-                record = records[name]
+            for record in expected.records:
                 record.solo = True
                 self._enter(record, _state.REJECTIONS[record.state], events)
             return
-        name = expected.names[0]
-        record = records[name]
-        for sub in record.holders:
+        record = expected.records[0]
+        name = record.name
+        for sub in record.held_by():
             del sub.names[name]
             events.append(NameRejected(sub.owner, name, error))
-        record.holders.clear()
+        record.holders = None
         record.snapshot = None
         self._enter(record, _state.REJECTIONS[record.state], events)

@@ -6,15 +6,14 @@ owns the invariants between handles and name records.
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
-from ._state import NameKind
+from ._state import IdentityEnum, NameKind
 
 __all__ = ("Promise", "Subscription", "SubscriptionKind")
 
 
-class SubscriptionKind(enum.Enum):
+class SubscriptionKind(IdentityEnum):
     CHANNEL = "channel"
     PATTERN = "pattern"
     SHARD = "shard"
@@ -54,7 +53,9 @@ class Subscription:
         self.told = False
         self.prefix = b""
         self.pattern = b""
-        self.promises: dict[bytes, list[Promise]] = {}
+        # Pending promises by channel, or None: only a promise subscription ever has
+        # any, and an idle subscription should not pay for an empty dict.
+        self.promises: dict[bytes, list[Promise]] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.names)} names"

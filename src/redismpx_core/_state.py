@@ -49,13 +49,25 @@ __all__ = (
     "FLUSH_ACTIONS",
     "REJECTIONS",
     "Command",
+    "IdentityEnum",
     "NameKind",
     "NameState",
     "Reply",
 )
 
 
-class NameKind(enum.Enum):
+class IdentityEnum(enum.Enum):
+    """An Enum hashed by identity, as its members compare.
+
+    ``Enum.__hash__`` is Python code (it hashes the member's name); these members
+    key the transition tables and the records, looked up once or more per name and
+    per confirmation, where identity hashing (C) is several times cheaper.
+    """
+
+    __hash__ = object.__hash__
+
+
+class NameKind(IdentityEnum):
     """The three name spaces of Redis Pub/Sub, each with its own command family."""
 
     CHANNEL = "channel"
@@ -63,7 +75,7 @@ class NameKind(enum.Enum):
     SHARD = "shard"
 
 
-class NameState(enum.Enum):
+class NameState(IdentityEnum):
     IDLE = "idle"
     SUBSCRIBING = "subscribing"
     ACTIVE = "active"
@@ -72,12 +84,12 @@ class NameState(enum.Enum):
     RESUBSCRIBING = "resubscribing"
 
 
-class Command(enum.Enum):
+class Command(IdentityEnum):
     SUBSCRIBE = "subscribe"
     UNSUBSCRIBE = "unsubscribe"
 
 
-class Reply(enum.Enum):
+class Reply(IdentityEnum):
     SUBSCRIBE_CONFIRMED = "subscribe confirmed"
     UNSUBSCRIBE_CONFIRMED = "unsubscribe confirmed"
 
@@ -89,20 +101,31 @@ UNSUBSCRIBING: Final = NameState.UNSUBSCRIBING
 CANCELLING: Final = NameState.CANCELLING
 RESUBSCRIBING: Final = NameState.RESUBSCRIBING
 
-#: (state, wanted) -> (command to send, next state). Pairs not listed send nothing.
-FLUSH_ACTIONS: Final[dict[tuple[NameState, bool], tuple[Command, NameState]]] = {
-    (IDLE, True): (Command.SUBSCRIBE, SUBSCRIBING),
-    (UNSUBSCRIBING, True): (Command.SUBSCRIBE, RESUBSCRIBING),
-    (ACTIVE, False): (Command.UNSUBSCRIBE, UNSUBSCRIBING),
-    (SUBSCRIBING, False): (Command.UNSUBSCRIBE, CANCELLING),
+# The two-key tables are nested, outer key first, so that a loop over many names
+# looks up the inner table once and then one state per name.
+
+#: wanted -> state -> (command to send, next state). States not listed send nothing.
+FLUSH_ACTIONS: Final[dict[bool, dict[NameState, tuple[Command, NameState]]]] = {
+    True: {
+        IDLE: (Command.SUBSCRIBE, SUBSCRIBING),
+        UNSUBSCRIBING: (Command.SUBSCRIBE, RESUBSCRIBING),
+    },
+    False: {
+        ACTIVE: (Command.UNSUBSCRIBE, UNSUBSCRIBING),
+        SUBSCRIBING: (Command.UNSUBSCRIBE, CANCELLING),
+    },
 }
 
-#: (state, confirmation) -> next state. A pair not listed is a protocol error.
-CONFIRMATIONS: Final[dict[tuple[NameState, Reply], NameState]] = {
-    (SUBSCRIBING, Reply.SUBSCRIBE_CONFIRMED): ACTIVE,
-    (CANCELLING, Reply.SUBSCRIBE_CONFIRMED): UNSUBSCRIBING,
-    (UNSUBSCRIBING, Reply.UNSUBSCRIBE_CONFIRMED): IDLE,
-    (RESUBSCRIBING, Reply.UNSUBSCRIBE_CONFIRMED): SUBSCRIBING,
+#: confirmation -> state -> next state. A state not listed is a protocol error.
+CONFIRMATIONS: Final[dict[Reply, dict[NameState, NameState]]] = {
+    Reply.SUBSCRIBE_CONFIRMED: {
+        SUBSCRIBING: ACTIVE,
+        CANCELLING: UNSUBSCRIBING,
+    },
+    Reply.UNSUBSCRIBE_CONFIRMED: {
+        UNSUBSCRIBING: IDLE,
+        RESUBSCRIBING: SUBSCRIBING,
+    },
 }
 
 #: state -> next state when the SUBSCRIBE in flight is refused with an error reply

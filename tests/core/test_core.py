@@ -146,6 +146,67 @@ def test_names_are_split_into_commands_of_bounded_size() -> None:
     )
 
 
+def _batch_in_flight(protocol: int) -> tuple[MultiplexerCore, Subscription, Subscription]:
+    """SUBSCRIBE x y z in flight: A holds all three, B holds y."""
+    core = ready_core(protocol)
+    a = core.open_subscription(CHANNEL, "A")
+    b = core.open_subscription(CHANNEL, "B")
+    core.add(a, [b"x", b"y", b"z"])
+    core.add(b, [b"y"])
+    assert core.data_to_send() == arr("SUBSCRIBE", "x", "y", "z")
+    return core, a, b
+
+
+@protocols
+def test_a_batch_is_confirmed_name_by_name_around_the_messages_between(protocol: int) -> None:
+    data = (
+        confirm(protocol, "subscribe", "x", "y")
+        + frame(protocol, "message", "x", "early")
+        + confirm(protocol, "subscribe", "z", start=3)
+    )
+    assert replay_split(lambda: _batch_in_flight(protocol)[0], data) == [
+        ("NameActivated", "'A'", "b'x'"),
+        ("NameActivated", "'A'", "b'y'"),
+        ("NameActivated", "'B'", "b'y'"),
+        ("message", ("A",), b"x", None, b"early"),
+        ("NameActivated", "'A'", "b'z'"),
+    ]
+
+
+@protocols
+def test_a_wrong_name_within_a_batch_is_a_protocol_error(protocol: int) -> None:
+    core, _, _ = _batch_in_flight(protocol)
+    data = confirm(protocol, "subscribe", "x") + confirm(protocol, "subscribe", "z", start=2)
+    with pytest.raises(ProtocolError):
+        core.receive_data(data, 0.0)
+    events = core.connection_lost(ConnectionLost("dropped"))
+    assert events[0] == NameActivated("A", b"x")  # confirmed before the wrong one
+
+
+@protocols
+def test_the_confirmed_unsubscribe_of_a_batch_leaves_no_record(protocol: int) -> None:
+    core, a, b = _batch_in_flight(protocol)
+    core.receive_data(confirm(protocol, "subscribe", "x", "y", "z"), 0.0)
+    core.close_subscription(b)
+    core.close_subscription(a)
+    assert core.data_to_send() == arr("UNSUBSCRIBE", "x", "y", "z")
+    assert core.receive_data(confirm(protocol, "unsubscribe", "x", "y", "z"), 0.0) == []
+    assert core._channels == {}
+    assert core.data_to_send() == b""
+
+
+def test_a_batch_confirmed_after_changes_of_mind() -> None:
+    core, a, b = _batch_in_flight(2)
+    core.remove(a, [b"y"])  # B still holds it
+    core.remove(a, [b"z"])  # cancelled: its UNSUBSCRIBE follows
+    assert core.data_to_send() == arr("UNSUBSCRIBE", "z")
+    core.add(b, [b"w"])  # waits for the next write
+    data = confirm(2, "subscribe", "x", "y", "z") + confirm(2, "unsubscribe", "z", start=2)
+    assert core.receive_data(data, 0.0) == [NameActivated("A", b"x"), NameActivated("B", b"y")]
+    assert list(core._channels) == [b"x", b"y", b"w"]
+    assert core.data_to_send() == arr("SUBSCRIBE", "w")
+
+
 # ---------------------------------------------------------------- races (SPEC 3.3)
 
 
@@ -252,6 +313,8 @@ def test_close_twice_and_use_after_close() -> None:
         (["ok", bytearray(b"x")], TypeError),
         (["ok", ""], ValueError),
         (["ok", b""], ValueError),
+        ([b"ok", b""], ValueError),
+        ([b"ok", b"ok", 5], TypeError),
     ],
 )
 def test_a_bad_name_changes_nothing(names: list[object], error: type[Exception]) -> None:
@@ -268,6 +331,17 @@ def test_str_names_are_utf8_and_bytes_are_kept() -> None:
     a = core.open_subscription(CHANNEL, "A")
     core.add(a, ["café", b"\xff"])
     assert list(a.names) == ["café".encode(), b"\xff"]
+
+
+def test_names_of_a_bytes_subclass_are_held_as_bytes() -> None:
+    class Name(bytes):
+        pass
+
+    core = ready_core()
+    a = core.open_subscription(CHANNEL, "A")
+    core.add(a, (Name(b"x"), b"y", b"x"))
+    assert [type(name) for name in a.names] == [bytes, bytes]
+    assert core.data_to_send() == arr("SUBSCRIBE", "x", "y")
 
 
 def test_pattern_and_promise_subscriptions_have_a_fixed_name() -> None:
