@@ -44,8 +44,8 @@ from ._events import (
     ConnectionEstablished,
     Event,
     MessagesReceived,
-    NameActivated,
     NameRejected,
+    NamesActivated,
     PromiseExpired,
     PromiseFailed,
     PromiseFulfilled,
@@ -207,6 +207,17 @@ def _channel_names(names: Iterable[object]) -> Iterable[bytes]:
     ):
         return cast("tuple[bytes, ...] | list[bytes]", names)
     return coerce_names(names, "channel")
+
+
+def _activated(events: list[Event], subscriber: Any, name: bytes) -> None:
+    """Append the activation of ``name``, extending the last event if it is the same
+    subscriber's activation (so that activations stay in order with everything else)."""
+    if events:
+        last = events[-1]
+        if last.__class__ is NamesActivated and last.subscriber is subscriber:
+            last.names.append(name)
+            return
+    events.append(NamesActivated(subscriber, [name]))
 
 
 def _check_seconds(label: str, value: object, *, allow_none: bool = False) -> float | None:
@@ -425,7 +436,7 @@ class MultiplexerCore:
                 record.holders = {holders: None, sub: None}
             record.snapshot = None
             if record.state is ACTIVE:
-                events.append(NameActivated(sub.owner, name))
+                _activated(events, sub.owner, name)
         return events
 
     def _remove(self, sub: Subscription, names: Iterable[bytes]) -> None:
@@ -892,7 +903,12 @@ class MultiplexerCore:
                         holders = record.holders
                         if state is ACTIVE and holders.__class__ is Subscription:
                             record.state = state
-                            events.append(NameActivated(holders.owner, record.name))
+                            owner = holders.owner
+                            last = events[-1] if events else None
+                            if last.__class__ is NamesActivated and last.subscriber is owner:
+                                last.names.append(record.name)
+                            else:
+                                events.append(NamesActivated(owner, [record.name]))
                         elif state is IDLE and holders is None and not self._dirty:
                             record.state = state
                             del run_records[record.name]
@@ -1075,9 +1091,9 @@ class MultiplexerCore:
             name = record.name
             if isinstance(holders, dict):
                 for sub in holders:
-                    events.append(NameActivated(sub.owner, name))
+                    _activated(events, sub.owner, name)
             else:
-                events.append(NameActivated(holders.owner, name))
+                _activated(events, holders.owner, name)
         if state in _IF_WANTED:
             self._dirty[record] = None
 

@@ -16,7 +16,7 @@ __all__ = (
     "ConnectionEstablished",
     "Event",
     "MessagesReceived",
-    "NameActivated",
+    "NamesActivated",
     "NameRejected",
     "PromiseExpired",
     "PromiseFailed",
@@ -52,11 +52,17 @@ class ConnectionEstablished:
 
 
 @dataclass(frozen=True, slots=True)
-class NameActivated:
-    """``name`` became active for ``subscriber``: Redis confirmed it (or it already was)."""
+class NamesActivated:
+    """``names`` became active for ``subscriber``: Redis confirmed them (or they already were).
+
+    One event covers a run of consecutive activations for one subscriber, in order:
+    a batch of confirmations (a SUBSCRIBE of 1,024 names, say, or a resubscription
+    after a reconnect) makes one event per subscriber rather than one per name.
+    ``names`` is the core's list: read it, do not change it.
+    """
 
     subscriber: Any
-    name: bytes
+    names: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +128,7 @@ class PublishFailed:
 Event = (
     MessagesReceived
     | ConnectionEstablished
-    | NameActivated
+    | NamesActivated
     | NameRejected
     | SubscriptionDisconnected
     | PromiseFulfilled

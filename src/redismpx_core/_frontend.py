@@ -36,8 +36,8 @@ from ._events import (
     ConnectionEstablished,
     Event,
     MessagesReceived,
-    NameActivated,
     NameRejected,
+    NamesActivated,
     PromiseExpired,
     PromiseFailed,
     PromiseFulfilled,
@@ -886,8 +886,10 @@ class MultiplexerBase:
                         owner._enqueue(messages)
                     else:
                         owner._deliver(channel, pattern, payloads)
-            elif cls is NameActivated:
-                event.subscriber._activated(event.name)  # type: ignore[union-attr]
+            elif cls is NamesActivated:
+                activated = event.subscriber._activated  # type: ignore[union-attr]
+                for name in event.names:  # type: ignore[union-attr]
+                    activated(name)
             elif cls is SubscriptionDisconnected:
                 event.subscriber._disconnected(event.error)  # type: ignore[union-attr]
             elif cls is NameRejected:

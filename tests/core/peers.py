@@ -38,8 +38,8 @@ from redismpx_core import (
     Event,
     MessagesReceived,
     MultiplexerCore,
-    NameActivated,
     NameRejected,
+    NamesActivated,
     PromiseExpired,
     PromiseFailed,
     PromiseFulfilled,
@@ -175,8 +175,9 @@ def normalise(events: Iterable[Event]) -> list[tuple[Any, ...]]:
                     out.append(("message", owner, event.channel, event.pattern, payload))
         elif isinstance(event, ConnectionEstablished):
             out.append(("established",))
-        elif isinstance(event, NameActivated):
-            out.append(("activated", event.subscriber, event.name))
+        elif isinstance(event, NamesActivated):
+            for name in event.names:
+                out.append(("activated", event.subscriber, name))
         elif isinstance(event, NameRejected):
             out.append(("rejected", event.subscriber, event.name, event.error.code))
         elif isinstance(event, SubscriptionDisconnected):

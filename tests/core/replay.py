@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from redismpx_core import Event, MessagesReceived, MultiplexerCore
+from redismpx_core import Event, MessagesReceived, MultiplexerCore, NamesActivated
 
 
 def bulk(value: bytes | str) -> bytes:
@@ -38,12 +38,16 @@ def frame(protocol: int, *items: Any) -> bytes:
 
 
 def flatten(events: list[Event]) -> list[tuple[Any, ...]]:
-    """Events as comparable tuples, one per message (runs are an encoding detail)."""
+    """Events as comparable tuples, one per message and per activation (runs are an
+    encoding detail)."""
     out: list[tuple[Any, ...]] = []
     for event in events:
         if isinstance(event, MessagesReceived):
             for payload in event.payloads:
                 out.append(("message", event.subscribers, event.channel, event.pattern, payload))
+        elif isinstance(event, NamesActivated):  # one per name: batches are a detail too
+            for name in event.names:
+                out.append(("activated", repr(event.subscriber), repr(name)))
         else:
             out.append((type(event).__name__, *(repr(v) for v in _fields(event))))
     return out

@@ -14,8 +14,8 @@ from redismpx_core import (
     InactiveSubscription,
     MessagesReceived,
     MultiplexerCore,
-    NameActivated,
     NameRejected,
+    NamesActivated,
     PromiseExpired,
     PromiseFailed,
     PromiseFulfilled,
@@ -64,8 +64,8 @@ def confirm(protocol: int, kind: str, *names: str, start: int = 1) -> bytes:
     )
 
 
-def activated(owner: object, *names: str) -> list[NameActivated]:
-    return [NameActivated(owner, name.encode()) for name in names]
+def activated(owner: object, *names: str) -> list[NamesActivated]:
+    return [NamesActivated(owner, [name.encode() for name in names])]
 
 
 protocols = pytest.mark.parametrize("protocol", [2, 3])
@@ -104,7 +104,7 @@ def test_a_shared_name_is_subscribed_once_and_released_by_its_last_holder(protoc
         core.add(sub, ["x"])
     assert core.data_to_send() == arr("SUBSCRIBE", "x")
     events = core.receive_data(confirm(protocol, "subscribe", "x"), 0.0)
-    assert events == [NameActivated(0, b"x"), NameActivated(1, b"x"), NameActivated(2, b"x")]
+    assert events == [NamesActivated(i, [b"x"]) for i in range(3)]
     core.remove(subs[0], ["x"])
     core.close_subscription(subs[1])
     assert core.data_to_send() == b""
@@ -165,11 +165,11 @@ def test_a_batch_is_confirmed_name_by_name_around_the_messages_between(protocol:
         + confirm(protocol, "subscribe", "z", start=3)
     )
     assert replay_split(lambda: _batch_in_flight(protocol)[0], data) == [
-        ("NameActivated", "'A'", "b'x'"),
-        ("NameActivated", "'A'", "b'y'"),
-        ("NameActivated", "'B'", "b'y'"),
+        ("activated", "'A'", "b'x'"),
+        ("activated", "'A'", "b'y'"),
+        ("activated", "'B'", "b'y'"),
         ("message", ("A",), b"x", None, b"early"),
-        ("NameActivated", "'A'", "b'z'"),
+        ("activated", "'A'", "b'z'"),
     ]
 
 
@@ -180,7 +180,7 @@ def test_a_wrong_name_within_a_batch_is_a_protocol_error(protocol: int) -> None:
     with pytest.raises(ProtocolError):
         core.receive_data(data, 0.0)
     events = core.connection_lost(ConnectionLost("dropped"))
-    assert events[0] == NameActivated("A", b"x")  # confirmed before the wrong one
+    assert events[0] == NamesActivated("A", [b"x"])  # confirmed before the wrong one
 
 
 @protocols
@@ -202,7 +202,8 @@ def test_a_batch_confirmed_after_changes_of_mind() -> None:
     assert core.data_to_send() == arr("UNSUBSCRIBE", "z")
     core.add(b, [b"w"])  # waits for the next write
     data = confirm(2, "subscribe", "x", "y", "z") + confirm(2, "unsubscribe", "z", start=2)
-    assert core.receive_data(data, 0.0) == [NameActivated("A", b"x"), NameActivated("B", b"y")]
+    events = core.receive_data(data, 0.0)
+    assert events == [NamesActivated("A", [b"x"]), NamesActivated("B", [b"y"])]
     assert list(core._channels) == [b"x", b"y", b"w"]
     assert core.data_to_send() == arr("SUBSCRIBE", "w")
 
@@ -254,7 +255,7 @@ def test_add_while_the_unsubscribe_is_in_flight() -> None:
         0.0,
     )
     assert flatten(events) == flatten(
-        [NameActivated("A", b"x"), MessagesReceived(("A",), b"x", None, [b"after"])]
+        [NamesActivated("A", [b"x"]), MessagesReceived(("A",), b"x", None, [b"after"])]
     )
 
 
@@ -451,8 +452,8 @@ def test_sharded_subscriptions(protocol: int) -> None:
         0.0,
     )
     assert events == [
-        NameActivated("S", b"user:{1}"),
-        NameActivated("C", b"user:{1}"),
+        NamesActivated("S", [b"user:{1}"]),
+        NamesActivated("C", [b"user:{1}"]),
         MessagesReceived(("S",), b"user:{1}", None, [b"s"]),
         MessagesReceived(("C",), b"user:{1}", None, [b"c"]),
     ]
@@ -495,7 +496,7 @@ def test_resp2_handshake_with_user_db_and_name() -> None:
         return c
 
     events = replay_split(make, b"+OK\r\n+OK\r\n+OK\r\n" + confirm(2, "subscribe", "x"))
-    assert events == [("ConnectionEstablished",), ("NameActivated", "'A'", "b'x'")]
+    assert events == [("ConnectionEstablished",), ("activated", "'A'", "b'x'")]
 
 
 def test_resp3_handshake_is_one_hello() -> None:
@@ -577,7 +578,7 @@ def test_a_refused_batch_is_retried_name_by_name(protocol: int) -> None:
     assert core.receive_data(nope, 0.0) == []
     assert core.data_to_send() == arr("SUBSCRIBE", "ok") + arr("SUBSCRIBE", "secret")
     events = core.receive_data(confirm(protocol, "subscribe", "ok") + nope, 0.0)
-    assert events[0] == NameActivated("A", b"ok")
+    assert events[0] == NamesActivated("A", [b"ok"])
     assert [(type(e), e.subscriber, e.name) for e in events[1:]] == [
         (NameRejected, "A", b"secret"),
         (NameRejected, "B", b"secret"),
@@ -734,7 +735,7 @@ def test_disconnect_notifies_each_holder_once_per_outage_and_reconnect_reactivat
     answer = b"%0\r\n" if protocol == 3 else b"+PONG\r\n"
     assert core.receive_data(answer, 1.0) == [ConnectionEstablished()]
     events = core.receive_data(confirm(protocol, "subscribe", "x", "y"), 1.0)
-    assert events == [NameActivated("A", b"x"), NameActivated("A", b"y"), NameActivated("B", b"y")]
+    assert events == [NamesActivated("A", [b"x", b"y"]), NamesActivated("B", [b"y"])]
     # The next loss is a new outage: told again.
     assert core.connection_lost(error) == [
         SubscriptionDisconnected("A", error),
@@ -778,7 +779,7 @@ def promise_core(protocol: int = 2) -> tuple[MultiplexerCore, Subscription]:
     assert events == []
     assert core.data_to_send() == arr("PSUBSCRIBE", "job\\[1\\]-*")
     assert core.receive_data(confirm(protocol, "psubscribe", "job\\[1\\]-*"), 0.0) == [
-        NameActivated("P", b"job\\[1\\]-*")
+        NamesActivated("P", [b"job\\[1\\]-*"])
     ]
     return core, sub
 
@@ -853,7 +854,7 @@ def test_closing_fails_pending_promises_with_subscription_closed() -> None:
 def test_a_pattern_shared_by_a_promise_and_a_pattern_subscription() -> None:
     core, promises = promise_core()
     _, events = core.open_pattern_subscription(b"job\\[1\\]-*", "Q")
-    assert events == [NameActivated("Q", b"job\\[1\\]-*")]
+    assert events == [NamesActivated("Q", [b"job\\[1\\]-*"])]
     assert core.data_to_send() == b""
     core.new_promise(promises, "a", 2.0, 0.0, owner="p")
     events = core.receive_data(arr("pmessage", "job\\[1\\]-*", "job[1]-a", "v"), 0.5)
@@ -970,3 +971,20 @@ def test_settled_promises_do_not_pile_up_behind_a_long_timer() -> None:
     assert len(core._promise_heap) <= 2 * 64 + 2
     assert core.next_deadline() == 3000.0
     assert core.statistics(messages_delivered=0, messages_dropped=0).promises_pending == 1
+
+
+@protocols
+def test_a_batch_of_confirmations_is_one_activation_event_per_subscriber_in_a_row(
+    protocol: int,
+) -> None:
+    core = ready_core(protocol)
+    a = core.open_subscription(CHANNEL, "A")
+    b = core.open_subscription(CHANNEL, "B")
+    names = [f"n{i}" for i in range(2000)]
+    core.add(a, names)
+    core.add(b, ["n1999"])
+    core.data_to_send()  # two SUBSCRIBE commands: 1,024 names, then the rest
+    events = core.receive_data(confirm(protocol, "subscribe", *names), 0.0)
+    assert events == activated("A", *names) + activated("B", "n1999")
+    # Joining names already active: one event for the whole add.
+    assert core.add(b, names[:3]) == activated("B", *names[:3])

@@ -25,8 +25,8 @@ from redismpx_core import (
     ConnectionState,
     MessagesReceived,
     MultiplexerCore,
-    NameActivated,
     NameRejected,
+    NamesActivated,
     PromiseExpired,
     PromiseFailed,
     PromiseFulfilled,
@@ -43,7 +43,7 @@ from redismpx_core import (
 EVENT_TYPES = (
     ConnectionEstablished,
     MessagesReceived,
-    NameActivated,
+    NamesActivated,
     NameRejected,
     SubscriptionDisconnected,
     PromiseFulfilled,
@@ -91,7 +91,7 @@ def connected_core(protocol: int, *, ready: bool = True, **options: Any) -> Mult
         conn.feed(data)
         events += core.receive_data(conn.take(), 0.0)
     assert events[0] == ConnectionEstablished()
-    assert sum(isinstance(e, NameActivated) for e in events) == 5
+    assert sum(len(e.names) for e in events if isinstance(e, NamesActivated)) == 5
     core.new_promise(promises, b"1", 100.0, 0.0, "promise")
     assert core.state.value == "ready"
     return core

@@ -48,7 +48,7 @@ from redismpx_core import (
     Event,
     MessagesReceived,
     MultiplexerCore,
-    NameActivated,
+    NamesActivated,
     ProtocolError,
     RedisMPXError,
     ServerError,
@@ -78,7 +78,12 @@ def subscribed_core(protocol: int = 2, **options: Any) -> MultiplexerCore:
     core.add(shards, ["s"])
     events = handshake(core, protocol, 0.0)
     assert events[0] == ConnectionEstablished()
-    assert {(e.subscriber, e.name) for e in events[1:] if isinstance(e, NameActivated)} == {
+    assert {
+        (e.subscriber, name)
+        for e in events[1:]
+        if isinstance(e, NamesActivated)
+        for name in e.names
+    } == {
         ("C", b"c"),
         ("P", b"p*"),
         ("S", b"s"),
@@ -422,7 +427,7 @@ def test_a_message_for_a_name_not_yet_confirmed_is_dropped(protocol: int) -> Non
         0.5,
     )
     assert flatten(events) == [
-        ("NameActivated", "'N'", "b'new'"),
+        ("activated", "'N'", "b'new'"),
         ("message", ("N",), b"new", None, b"on time"),
     ]
     core.remove(sub, ["new"])
@@ -537,7 +542,7 @@ def test_a_confirmation_out_of_order_activates_nobody(protocol: int) -> None:
     with pytest.raises(ProtocolError) as raised:
         core.receive_data(frame(protocol, "subscribe", "b", 1), 0.5)
     lost = core.connection_lost(raised.value)
-    assert not any(isinstance(e, NameActivated) for e in lost)
+    assert not any(isinstance(e, NamesActivated) for e in lost)
 
 
 @protocols

@@ -11,7 +11,7 @@ of them have been activated on the current connection. Checked:
 (a) at rest (everything flushed both ways, connected and ready) the fake's channels,
     patterns and shard channels are exactly the distinct names the model holds, each
     subscribed once, with no redundant SUBSCRIBE ever sent;
-(b) NameActivated comes once per (subscription, name) per holding period per
+(b) NamesActivated comes once per (subscription, name) per holding period per
     connection, only for held names, and at rest every held name was activated;
 (c) a message reaches a subscription only for a name it holds and has had activated
     when the event is processed, at most once and in order; every message the fake
@@ -59,8 +59,8 @@ from redismpx_core import (
     InactiveSubscription,
     MessagesReceived,
     MultiplexerCore,
-    NameActivated,
     NameRejected,
+    NamesActivated,
     PromiseExpired,
     PromiseFailed,
     PromiseFulfilled,
@@ -315,13 +315,15 @@ class CoreMachine(RuleBasedStateMachine):
                 self.established = True
                 for sub in self.subs.values():
                     sub.told = False
-            elif isinstance(event, NameActivated):
+            elif isinstance(event, NamesActivated):
                 sub = self.subs[event.subscriber]
                 assert not sub.closed, f"activation of closed {sub}"
                 assert self.established, "activation before the handshake completed"
-                assert event.name in sub.held, f"{sub}: activation of {event.name!r}, not held"
-                assert event.name not in sub.activated, f"{sub}: {event.name!r} activated twice"
-                sub.activated.add(event.name)
+                assert event.names, "an activation of no name"
+                for name in event.names:
+                    assert name in sub.held, f"{sub}: activation of {name!r}, not held"
+                    assert name not in sub.activated, f"{sub}: {name!r} activated twice"
+                    sub.activated.add(name)
             elif isinstance(event, NameRejected):
                 sub = self.subs[event.subscriber]
                 assert source == "data"
@@ -1060,7 +1062,7 @@ def test_remove_readd_remove_while_unsubscribing() -> None:
     core, conn, fake = _ready()
     sub = core.open_subscription(CHANNEL, "A")
     core.add(sub, [b"a"])
-    assert _round_trip(core, conn) == [NameActivated("A", b"a")]
+    assert _round_trip(core, conn) == [NamesActivated("A", [b"a"])]
     core.remove(sub, [b"a"])
     conn.feed(core.data_to_send())  # UNSUBSCRIBE a, in flight
     core.add(sub, [b"a"])  # a change of mind...
@@ -1096,7 +1098,7 @@ def test_readd_after_confirmation_of_a_stale_unsubscribe() -> None:
         raise AssertionError(
             f"{exc!r}; after reconnecting the core sends {resent!r} and holds {list(sub.names)}"
         ) from exc
-    assert events == [NameActivated("A", b"a")]
+    assert events == [NamesActivated("A", [b"a"])]
     assert fake.channels() == {b"a"}
 
 
