@@ -33,8 +33,9 @@ Measures (full size; ``--quick`` in brackets):
 Ratios: each measurement but memory is paired with a measurement of the raw loop taken
 just before it (on a shared machine the speed drifts by tens of percent within seconds,
 and a pair is likelier to share it): a throughput's ratio is the median over
-``--rounds`` of the paired ratios, a comparison of two libraries is the quotient of
-their ratios, and latency's is the p99's excess over the paired raw p99. ``--quick``
+``--rounds`` of the paired ratios (backlog, live and churn take at least 5 rounds: they
+are quick, and their single runs swing the most), a comparison of two libraries is the
+quotient of their ratios, and latency's is the p99's excess over the paired raw p99. ``--quick``
 pairs nothing (it asserts counts, not speed). Prints one table, n/a reasons, one line
 per goal (PASS/MISS), and, on a full run, writes the section of docs/benchmarks.md
 between ``<!-- peers:begin -->`` and ``<!-- peers:end -->`` and the charts
@@ -83,6 +84,14 @@ LATENCY_RATE = 10_000
 PAIRED = ("backlog", "live", "fanout", "churn", "latency")
 CONSUMING = ("backlog", "live", "fanout", "latency")  # READY/GO, one run per variant
 PER_ROW = ("churn", "memory")  # one run per row prefix, with its first variant
+#: Measures that take about a second a run, and whose single runs swing the most: a full
+#: run gives each of them at least this many rounds, whatever ``--rounds`` says.
+MIN_ROUNDS = {"backlog": 5, "live": 5, "churn": 5}
+
+
+def rounds_for(measure: str, rounds: int, quick: bool) -> int:
+    return rounds if quick else max(rounds, MIN_ROUNDS.get(measure, 1))
+
 
 
 @dataclass(frozen=True)
@@ -656,9 +665,13 @@ def collect(args: argparse.Namespace, sizes: Sizes, measures: tuple[str, ...]) -
             return value
 
         firsts = {(row.library.key, row.prefix): row for row in reversed(rows)}
-        for round_number in range(args.rounds):
-            progress(f"round {round_number + 1} of {args.rounds}")
+        rounds = {m: rounds_for(m, args.rounds, args.quick) for m in measures}
+        total = max(rounds.values())
+        for round_number in range(total):
+            progress(f"round {round_number + 1} of {total}")
             for measure in measures:
+                if round_number >= rounds[measure]:
+                    continue
                 targets = [
                     row
                     for row in rows
@@ -1160,9 +1173,12 @@ def docs_section(results: Results, goal_lines: list[str], images: list[str]) -> 
         " run once per library row (with its first consumer). The machine's speed drifts by"
         " tens of percent within seconds: compare ratios, and use `--rounds` for decisions."
     )
+    min_rounds = ", ".join(
+        f"{measure} {max(results.rounds, count)}" for measure, count in MIN_ROUNDS.items()
+    )
     measured = (
         f"Measured {results.date or 'on an unknown date'} with `{results.command}`:"
-        f" {results.rounds} round(s), Python {platform.python_version()},"
+        f" {results.rounds} round(s) ({min_rounds}), Python {platform.python_version()},"
         f" Redis {redis_version()}, {os.cpu_count()} cores; {versions}."
     )
     notes = [f"* n/a: {line}" for line in na_notes(results)]

@@ -31,3 +31,10 @@ def test_driver_throughput_runs_quick() -> None:
     assert "ok: every variant received exactly 20,000 messages" in out
     for backend in ("asyncio", "trio", "trio-native"):
         assert f"\n{backend} " in out
+
+
+def test_churn_floor_runs() -> None:
+    out = run("benchmarks/churn_floor.py", "--names", "2000", "--rounds", "1")
+    ratios = dict(line.split(": ") for line in out.splitlines() if " / " in line)
+    assert set(ratios) == {"floor / raw", "redismpx / raw", "redismpx / floor"}
+    assert all(float(value) > 0 for value in ratios.values())
