@@ -38,3 +38,9 @@ def test_churn_floor_runs() -> None:
     ratios = dict(line.split(": ") for line in out.splitlines() if " / " in line)
     assert set(ratios) == {"floor / raw", "redismpx / raw", "redismpx / floor"}
     assert all(float(value) > 0 for value in ratios.values())
+
+
+def test_core_churn_runs() -> None:
+    out = run("benchmarks/core_churn.py", "--names", "2000", "--rounds", "1")
+    assert out.splitlines()[-1].startswith("core / parse alone: ")
+    assert float(out.splitlines()[-1].split(": ")[1]) > 0
