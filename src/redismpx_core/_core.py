@@ -903,12 +903,7 @@ class MultiplexerCore:
                         holders = record.holders
                         if state is ACTIVE and holders.__class__ is Subscription:
                             record.state = state
-                            owner = holders.owner
-                            last = events[-1] if events else None
-                            if last.__class__ is NamesActivated and last.subscriber is owner:
-                                last.names.append(record.name)
-                            else:
-                                events.append(NamesActivated(owner, [record.name]))
+                            _activated(events, holders.owner, record.name)
                         elif state is IDLE and holders is None and not self._dirty:
                             record.state = state
                             del run_records[record.name]
