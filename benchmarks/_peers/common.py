@@ -53,6 +53,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = (
@@ -125,6 +126,32 @@ class Latencies:
             return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
 
         return {"p50_us": at(0.50), "p99_us": at(0.99), "max_us": ordered[-1] / 1000.0}
+
+
+class Tally:
+    """Counts deliveries of dict-shaped messages (redis-py's and coredis' ``{"data": ...}``)
+    and notes the time of the last one; ``done`` is the caller's loop's event."""
+
+    def __init__(self, expected: int, latencies: Latencies | None, done: Any) -> None:
+        self.expected = expected
+        self.count = 0
+        self.end = 0.0
+        self.done = done
+        self.latencies = latencies
+        self.on_message: Callable[[Any], None] = (
+            self._count if latencies is None else self._count_latency
+        )
+
+    def _count(self, message: Any) -> None:
+        self.count += 1
+        if self.count >= self.expected:
+            self.end = time.perf_counter()
+            self.done.set()
+
+    def _count_latency(self, message: Any) -> None:
+        assert self.latencies is not None
+        self.latencies.add(latency_ns(message["data"]))
+        self._count(message)
 
 
 def ready() -> float:

@@ -55,7 +55,6 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,35 +85,10 @@ def check_version() -> None:
         raise SystemExit(f"this adapter needs coredis 6 or later, not {coredis.__version__}")
 
 
-class Tally:
-    """Counts deliveries and notes the time of the last one."""
-
-    def __init__(self, expected: int, latencies: common.Latencies | None) -> None:
-        self.expected = expected
-        self.count = 0
-        self.end = 0.0
-        self.done = anyio.Event()
-        self.latencies = latencies
-        self.on_message: Callable[[Any], None] = (
-            self._count if latencies is None else self._count_latency
-        )
-
-    def _count(self, message: Any) -> None:
-        self.count += 1
-        if self.count >= self.expected:
-            self.end = time.perf_counter()
-            self.done.set()
-
-    def _count_latency(self, message: Any) -> None:
-        assert self.latencies is not None
-        self.latencies.add(common.latency_ns(message["data"]))
-        self._count(message)
-
-
 async def subscriber(
     client: Any,
     args: Any,
-    tally: Tally,
+    tally: common.Tally,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -138,7 +112,7 @@ async def consume(args: Any) -> None:
     subscribers = args.subscribers if args.measure == "fanout" else 1
     raise_file_limit(subscribers + SPARE_FILES)
     latencies = common.Latencies() if args.measure == "latency" else None
-    tally = Tally(args.expected, latencies)
+    tally = common.Tally(args.expected, latencies, anyio.Event())
     client = coredis.Redis(host=args.host, port=args.port, max_connections=subscribers + 8)
     async with client, anyio.create_task_group() as group:
         for _ in range(subscribers):

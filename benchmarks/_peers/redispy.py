@@ -89,31 +89,6 @@ async def confirm(pubsub: Any, kind: str, count: int) -> None:
             raise SystemExit(f"expected a {kind} confirmation, got {message!r}")
 
 
-class Tally:
-    """Counts deliveries and notes the time of the last one."""
-
-    def __init__(self, expected: int, latencies: common.Latencies | None) -> None:
-        self.expected = expected
-        self.count = 0
-        self.end = 0.0
-        self.done = asyncio.Event()
-        self.latencies = latencies
-        self.on_message: Callable[[Any], None] = (
-            self._count if latencies is None else self._count_latency
-        )
-
-    def _count(self, message: Any) -> None:
-        self.count += 1
-        if self.count >= self.expected:
-            self.end = time.perf_counter()
-            self.done.set()
-
-    def _count_latency(self, message: Any) -> None:
-        assert self.latencies is not None
-        self.latencies.add(common.latency_ns(message["data"]))
-        self._count(message)
-
-
 async def dispatch(pubsub: Any) -> None:
     """``callback``: get_message calls the channel's handler and returns None."""
     get_message = pubsub.get_message
@@ -133,7 +108,7 @@ async def consume(args: Any) -> None:
     subscribers = args.subscribers if args.measure == "fanout" else 1
     raise_file_limit(subscribers + SPARE_FILES)
     latencies = common.Latencies() if args.measure == "latency" else None
-    tally = Tally(args.expected, latencies)
+    tally = common.Tally(args.expected, latencies, asyncio.Event())
     client = redis.asyncio.Redis(
         host=args.host, port=args.port, max_connections=subscribers + SPARE_FILES
     )
