@@ -11,6 +11,10 @@ subscriber when it is active. This script measures, in one process and one run:
 * ``floor``: the same loop doing the least a multiplexer must do per name: a ``dict``
   entry when the name is added, an ``on_activation(name)`` call when it is confirmed,
   the entry deleted when the unsubscription is confirmed;
+* ``model``: ``_churn_model.ChurnModel`` in the same loop: the least per-name *state* a
+  multiplexer keeps (who wants the name, what is confirmed or in flight, what changed
+  since the last write; each confirmation checked against the command in flight), for
+  this measure's case only and in bulk C operations, so cheaper than any real core;
 * ``redismpx``: ``redismpx_anyio.Multiplexer`` on asyncio, as in peers.py: one
   subscription, ``add`` of every name, until ``on_activation`` has fired for each, then
   ``remove`` of all, until a name subscribed after them is confirmed.
@@ -31,10 +35,12 @@ from typing import Any
 import anyio
 import anyio.abc
 import hiredis
+from _churn_model import ChurnModel
 from _redis import HOST, RedisServer
 
 NAMES_PER_COMMAND = 1024  # as redismpx_core.MAX_NAMES_PER_COMMAND
 READ_SIZE = 64 * 1024
+LABELS = ("raw", "floor", "model", "redismpx")
 NOTHING = object()
 
 
@@ -97,6 +103,29 @@ async def raw_loop(port: int, names: list[bytes], bookkeeping: bool) -> float:
     return 2 * len(names) / seconds
 
 
+async def model_loop(port: int, names: list[bytes]) -> float:
+    activated = 0
+
+    def on_activation(name: bytes) -> None:
+        nonlocal activated
+        activated += 1
+
+    async with await anyio.connect_tcp(HOST, port) as stream:
+        model = ChurnModel()
+        start = time.perf_counter()
+        model.add(names)
+        await stream.send(model.data_to_send())
+        while activated < len(names):
+            for name in model.receive_data(await stream.receive(READ_SIZE)):
+                on_activation(name)
+        model.remove(names)
+        await stream.send(model.data_to_send())
+        while not model.settled:
+            model.receive_data(await stream.receive(READ_SIZE))
+        seconds = time.perf_counter() - start
+    return 2 * len(names) / seconds
+
+
 async def redismpx_churn(port: int, names: list[bytes]) -> float:
     from redismpx_anyio import Multiplexer
 
@@ -124,10 +153,11 @@ async def redismpx_churn(port: int, names: list[bytes]) -> float:
 
 
 async def measure(port: int, names: list[bytes], rounds: int) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {"raw": [], "floor": [], "redismpx": []}
+    rates: dict[str, list[float]] = {label: [] for label in LABELS}
     for _ in range(rounds):
         rates["raw"].append(await raw_loop(port, names, bookkeeping=False))
         rates["floor"].append(await raw_loop(port, names, bookkeeping=True))
+        rates["model"].append(await model_loop(port, names))
         rates["redismpx"].append(await redismpx_churn(port, names))
     return rates
 
@@ -145,9 +175,10 @@ def main() -> None:
         return statistics.median(a / b for a, b in zip(rates[top], rates[bottom], strict=True))
 
     print(f"churn of {args.names:,} names, {args.rounds} rounds (names/s: medians)")
-    for label in ("raw", "floor", "redismpx"):
+    for label in LABELS:
         print(f"  {label:9} {statistics.median(rates[label]):>12,.0f} names/s")
     print(f"floor / raw: {ratio('floor', 'raw'):.2f}")
+    print(f"model / raw: {ratio('model', 'raw'):.2f}")
     print(f"redismpx / raw: {ratio('redismpx', 'raw'):.2f}")
     print(f"redismpx / floor: {ratio('redismpx', 'floor'):.2f}")
 

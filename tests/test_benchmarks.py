@@ -36,7 +36,7 @@ def test_driver_throughput_runs_quick() -> None:
 def test_churn_floor_runs() -> None:
     out = run("benchmarks/churn_floor.py", "--names", "2000", "--rounds", "1")
     ratios = dict(line.split(": ") for line in out.splitlines() if " / " in line)
-    assert set(ratios) == {"floor / raw", "redismpx / raw", "redismpx / floor"}
+    assert set(ratios) == {"floor / raw", "model / raw", "redismpx / raw", "redismpx / floor"}
     assert all(float(value) > 0 for value in ratios.values())
 
 
