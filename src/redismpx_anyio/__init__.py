@@ -25,11 +25,12 @@ from redismpx_core._frontend import (
     ShardedSubscription,
 )
 
-from ._multiplexer import Multiplexer
+from ._multiplexer import ClusterMultiplexer, Multiplexer
 
 __all__ = (
     # the multiplexer and what it hands out
     "Multiplexer",
+    "ClusterMultiplexer",
     "ChannelSubscription",
     "PatternSubscription",
     "ShardedSubscription",

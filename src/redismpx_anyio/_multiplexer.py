@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any, final
+from typing import Any, Self, final
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from redismpx_core._cluster_frontend import ClusterMultiplexerBase
 from redismpx_core._frontend import MultiplexerBase, Signal
 
 from ._runner import ConnectionRunner
 
-__all__ = ("Multiplexer",)
+__all__ = ("ClusterMultiplexer", "Multiplexer")
 
 
 class _AnyioLoop:
@@ -38,26 +39,21 @@ class _AnyioLoop:
     async def checkpoint(self) -> None:
         await anyio.lowlevel.checkpoint()
 
+    async def wait(self, signal: Signal, deadline: float | None) -> None:
+        with anyio.move_on_after(None if deadline is None else deadline - anyio.current_time()):
+            await signal.wait()
 
-@final
-class Multiplexer(MultiplexerBase):
-    """Many Pub/Sub subscriptions over one Redis connection, on anyio (asyncio or trio).
 
-    ``async with Multiplexer("redis://localhost:6379/0") as mpx: ...`` The multiplexer
-    owns a task group for its connections and its subscriptions' consumers; leaving
-    the block closes everything: sockets, subscriptions, pending promises and waiters.
-    """
+class _TaskGroupOwner(MultiplexerBase):
+    """Both multiplexers' anyio side: a task group, entered once, that owns every task."""
 
     _random = staticmethod(random.random)
     _runner_type = ConnectionRunner
+    _task_group: anyio.abc.TaskGroup | None = None
 
-    def __init__(self, url: str = "redis://localhost:6379/0", **options: Any) -> None:
-        super().__init__(url, **options)
-        self._task_group: anyio.abc.TaskGroup | None = None
-
-    async def __aenter__(self) -> Multiplexer:
+    async def __aenter__(self) -> Self:
         if self._started or self._closed:
-            raise RuntimeError("a Multiplexer can be entered only once")
+            raise RuntimeError(f"a {type(self).__name__} can be entered only once")
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -83,3 +79,34 @@ class Multiplexer(MultiplexerBase):
         finally:
             self._close()
         return None
+
+
+@final
+class Multiplexer(_TaskGroupOwner):
+    """Many Pub/Sub subscriptions over one Redis connection, on anyio (asyncio or trio).
+
+    ``async with Multiplexer("redis://localhost:6379/0") as mpx: ...`` The multiplexer
+    owns a task group for its connections and its subscriptions' consumers; leaving
+    the block closes everything: sockets, subscriptions, pending promises and waiters.
+    """
+
+    def __init__(self, url: str = "redis://localhost:6379/0", **options: Any) -> None:
+        super().__init__(url, **options)
+
+
+@final
+class ClusterMultiplexer(_TaskGroupOwner, ClusterMultiplexerBase):
+    """The Multiplexer's API over a Redis Cluster, on anyio (asyncio or trio).
+
+    ``async with ClusterMultiplexer(["redis://10.0.0.1:7000", ...]) as mpx: ...``
+    Channel and pattern subscriptions ride one node's connection; shard channels
+    ride the connection of the master owning their slot, and follow it when the
+    cluster changes. See docs/cluster.md.
+    """
+
+    def __init__(
+        self,
+        startup_urls: str | Sequence[str] = "redis://localhost:6379/0",
+        **options: Any,
+    ) -> None:
+        super().__init__(startup_urls, **options)

@@ -45,20 +45,35 @@ class ConnectionRunner:
         self._role = role
         self._wake = anyio.Event()
         self._error: RedisMPXError | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = False
 
     def wake(self) -> None:
         """Tell the writer the core may have bytes to send or a new deadline."""
         self._wake.set()
 
+    def stop(self) -> None:
+        """End :meth:`run` (a cluster router no longer wants this connection)."""
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started()
+        if self._stopped:
+            return
+        with anyio.CancelScope() as self._scope:
+            await self._run()
+
+    async def _run(self) -> None:
         target = self._settings.redacted_url()
         while True:
             error, connected = await self._connection(target)
-            self._on_lost()
+            # The core first, so that whoever hears of the loss sees it disconnected.
             self._dispatch(self.core.connection_lost(error))
+            self._on_lost()
             delay = self.core.next_reconnect_delay()
             logger.info(
                 "redismpx %s %s %s (%s); retrying in %.3f s",

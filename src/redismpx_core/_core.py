@@ -41,6 +41,8 @@ from ._errors import (
     SubscriptionClosed,
 )
 from ._events import (
+    CommandCompleted,
+    CommandFailed,
     ConnectionEstablished,
     Event,
     MessagesReceived,
@@ -57,10 +59,11 @@ from ._handles import Promise, Subscription, SubscriptionKind
 from ._names import coerce_name, coerce_names, escape_glob
 from ._resp import NOT_ENOUGH_DATA, FrameReader, ParseError, PushFrame, ReplyError, pack_command
 from ._settings import DEFAULT_MAX_FRAME_SIZE
+from ._slots import key_slot
 from ._state import ACTIVE, IDLE, Command, NameKind, NameState, Reply
 from ._statistics import Statistics
 
-__all__ = ("ConnectionState", "MultiplexerCore")
+__all__ = ("REDIRECT_CODES", "ConnectionState", "MultiplexerCore")
 
 
 class ConnectionState(enum.Enum):
@@ -118,6 +121,10 @@ _CONNECTION_ERROR_CODES: Final = frozenset(
     }
 )
 _AUTH_ERROR_CODES: Final = frozenset({"WRONGPASS", "NOAUTH"})
+#: Error codes by which a Redis Cluster node says "not here (now)" to a shard name.
+#: A core in cluster mode hands such names back (NameRejected) for re-routing; a
+#: stand-alone core treats them as connection errors.
+REDIRECT_CODES: Final = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
 
 _IF_WANTED: Final = _state.FLUSH_ACTIONS[True]
 _IF_UNWANTED: Final = _state.FLUSH_ACTIONS[False]
@@ -126,6 +133,7 @@ _IF_UNWANTED: Final = _state.FLUSH_ACTIONS[False]
 _HANDSHAKE: Final = "handshake"
 _PING: Final = "ping"
 _PUBLISH: Final = "publish"
+_REQUEST: Final = "request"
 
 
 class _Expected:
@@ -262,6 +270,7 @@ class MultiplexerCore:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         backoff_base: float = 0.1,
         backoff_cap: float = 10.0,
+        cluster: bool = False,
     ) -> None:
         if protocol not in (2, 3) or isinstance(protocol, bool):
             raise ValueError(f"protocol must be 2 or 3, got {protocol!r}")
@@ -289,6 +298,9 @@ class MultiplexerCore:
         )
         self.max_frame_size = max_frame_size
         self.backoff = Backoff(base=backoff_base, cap=backoff_cap, random=random)
+        #: One node of a Redis Cluster: shard names refused with a redirect are handed
+        #: back (NameRejected) instead of breaking the connection.
+        self.cluster = cluster
 
         self.state = ConnectionState.DISCONNECTED
         self._records: dict[NameKind, dict[bytes, _NameRecord]] = {k: {} for k in NameKind}
@@ -552,6 +564,23 @@ class MultiplexerCore:
         self._expected.append(_Expected(_PUBLISH, token=self._publish_seq))
         return self._publish_seq
 
+    def request(self, *args: bytes) -> int:
+        """Queue any other command; returns the token its reply event will carry.
+
+        The reply comes back whole, as parsed, in :class:`CommandCompleted` (an error
+        reply in :class:`CommandFailed`): for a router that needs the server's view,
+        such as ``CLUSTER SHARDS``. Under RESP2 Redis refuses most commands on a
+        connection with subscriptions, as for :meth:`publish`.
+        """
+        if not args or not all(isinstance(arg, bytes) for arg in args):
+            raise TypeError("a command is one or more bytes arguments")
+        if self.state not in (ConnectionState.HANDSHAKING, ConnectionState.READY):
+            raise ConnectionLost("not connected")
+        self._publish_seq += 1
+        self._out += pack_command(*args)
+        self._expected.append(_Expected(_REQUEST, token=self._publish_seq))
+        return self._publish_seq
+
     # ------------------------------------------------------------------ lifecycle
 
     def connection_made(self, now: float) -> list[Event]:
@@ -629,12 +658,14 @@ class MultiplexerCore:
         self._ping_sent_at = None
         self._handshake_deadline = None
         self._stable_at = None
+        lost = error if isinstance(error, ServerError | ConnectionLost) else ConnectionLost(
+            str(error)
+        )
         for expected in self._expected:
             if expected.label is _PUBLISH:
-                lost = error if isinstance(error, ServerError | ConnectionLost) else ConnectionLost(
-                    str(error)
-                )
                 events.append(PublishFailed(expected.token, lost))
+            elif expected.label is _REQUEST:
+                events.append(CommandFailed(expected.token, lost))
         self._expected.clear()
         self._dirty.clear()
         for records in self._records.values():
@@ -669,6 +700,8 @@ class MultiplexerCore:
         for expected in self._expected:
             if expected.label is _PUBLISH:
                 events.append(PublishFailed(expected.token, ConnectionLost("multiplexer closed")))
+            elif expected.label is _REQUEST:
+                events.append(CommandFailed(expected.token, ConnectionLost("multiplexer closed")))
         self._subscriptions.clear()
         self._expected.clear()
         self._dirty.clear()
@@ -832,8 +865,16 @@ class MultiplexerCore:
             batch.append(record)
         self._dirty.clear()
         for (kind, command), records in batches.items():
-            for start in range(0, len(records), MAX_NAMES_PER_COMMAND):
-                self._send(kind, command, records[start : start + MAX_NAMES_PER_COMMAND])
+            groups: Iterable[list[_NameRecord]] = (records,)
+            if kind is NameKind.SHARD:
+                # Redis Cluster refuses (CROSSSLOT) a command whose names span slots.
+                by_slot: dict[int, list[_NameRecord]] = {}
+                for record in records:
+                    by_slot.setdefault(key_slot(record.name), []).append(record)
+                groups = by_slot.values()
+            for group in groups:
+                for start in range(0, len(group), MAX_NAMES_PER_COMMAND):
+                    self._send(kind, command, group[start : start + MAX_NAMES_PER_COMMAND])
         for kind, command, record in solos:
             self._send(kind, command, [record])
 
@@ -918,7 +959,11 @@ class MultiplexerCore:
                         continue
                     break
                 completed = True
-                if frame.__class__ is frame_type:
+                if frame.__class__ is frame_type and not (
+                    # Under RESP2 an array reply looks like a push: a request's is its reply
+                    # (a connection that sends requests holds no subscriptions).
+                    frame_type is list and self._expected and self._expected[0].label is _REQUEST
+                ):
                     kind = frame[0]
                     if kind == b"message":
                         channel = frame[1]
@@ -1122,6 +1167,12 @@ class MultiplexerCore:
             else:
                 raise ProtocolError("PUBLISH answered with something other than an integer")
             return
+        if label is _REQUEST:
+            if is_error:
+                events.append(CommandFailed(expected.token, _server_error(frame, self._password)))
+            else:
+                events.append(CommandCompleted(expected.token, frame))
+            return
         if is_error:
             raise _server_error(frame, self._password, handshake=label is _HANDSHAKE)
         if label is _HANDSHAKE:
@@ -1133,6 +1184,14 @@ class MultiplexerCore:
     def _refused(self, expected: _Expected, error: ServerError, events: list[Event]) -> None:
         """Redis answered a SUBSCRIBE-family command with an error reply."""
         message = str(error)
+        if (
+            self.cluster
+            and expected.kind is NameKind.SHARD
+            and error.code in REDIRECT_CODES
+            and not expected.index
+        ):
+            self._redirected(expected, error, events)
+            return
         if (
             expected.command is not Command.SUBSCRIBE
             or expected.index
@@ -1147,7 +1206,26 @@ class MultiplexerCore:
                 record.solo = True
                 self._enter(record, _state.REJECTIONS[record.state], events)
             return
-        record = expected.records[0]
+        self._drop_refused(expected.records[0], error, events)
+
+    def _redirected(self, expected: _Expected, error: ServerError, events: list[Event]) -> None:
+        """A cluster node does not serve these shard names' slot (any more, or yet).
+
+        A refused SSUBSCRIBE hands the names back to their holders' router, which
+        places them again once it knows the slot's owner; a refused SUNSUBSCRIBE means
+        the node no longer has them, which is what it was meant to achieve. Batches
+        never mix slots, so the whole command shares one fate.
+        """
+        if expected.command is Command.SUBSCRIBE:
+            for record in expected.records:
+                self._drop_refused(record, error, events)
+            return
+        confirmed = _state.CONFIRMATIONS[Reply.UNSUBSCRIBE_CONFIRMED]
+        for record in expected.records:
+            self._enter(record, confirmed[record.state], events)
+
+    def _drop_refused(self, record: _NameRecord, error: ServerError, events: list[Event]) -> None:
+        """Drop a refused name from every holder and tell each of them."""
         name = record.name
         for sub in record.held_by():
             del sub.names[name]

@@ -13,6 +13,8 @@ from typing import Any
 from ._errors import ConnectionLost, RedisMPXError, ServerError
 
 __all__ = (
+    "CommandCompleted",
+    "CommandFailed",
     "ConnectionEstablished",
     "Event",
     "MessagesReceived",
@@ -125,6 +127,22 @@ class PublishFailed:
     error: ServerError | ConnectionLost
 
 
+@dataclass(frozen=True, slots=True)
+class CommandCompleted:
+    """Redis answered a command queued with ``request()``; ``reply`` is as parsed."""
+
+    token: int
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFailed:
+    """A ``request()`` got an error reply, or its connection was lost before the reply."""
+
+    token: int
+    error: ServerError | ConnectionLost
+
+
 Event = (
     MessagesReceived
     | ConnectionEstablished
@@ -136,4 +154,6 @@ Event = (
     | PromiseFailed
     | PublishCompleted
     | PublishFailed
+    | CommandCompleted
+    | CommandFailed
 )

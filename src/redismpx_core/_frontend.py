@@ -85,8 +85,34 @@ class Signal(Protocol):
 class Runner(Protocol):
     """A driver's connection runner: runs a core over successive connections."""
 
+    core: MultiplexerCore
+
     def wake(self) -> None: ...
+    def stop(self) -> None: ...
     async def run(self) -> None: ...
+
+
+class SubscriptionRouter(Protocol):
+    """What subscriptions ask of the core: one :class:`MultiplexerCore`, or a router
+    over several (``ClusterCore``) with the same subscription API."""
+
+    @property
+    def state(self) -> ConnectionState: ...
+    def open_subscription(self, kind: SubscriptionKind, owner: Any = None) -> Subscription: ...
+    def add_pattern(self, sub: Subscription, pattern: object) -> list[Event]: ...
+    def open_promise_subscription(
+        self, prefix: object, owner: Any = None
+    ) -> tuple[Subscription, list[Event]]: ...
+    def new_promise(
+        self, sub: Subscription, suffix: object, timeout: float, now: float, owner: Any = None
+    ) -> Any: ...
+    def add(self, sub: Subscription, names: Iterable[object]) -> list[Event]: ...
+    def remove(self, sub: Subscription, names: Iterable[object]) -> None: ...
+    def clear(self, sub: Subscription) -> None: ...
+    def close_subscription(self, sub: Subscription) -> list[Event]: ...
+    def subscription_owners(self) -> list[Any]: ...
+    def close(self) -> list[Event]: ...
+    def statistics(self, *, messages_delivered: int, messages_dropped: int) -> Statistics: ...
 
 
 class Loop(Protocol):
@@ -96,6 +122,8 @@ class Loop(Protocol):
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None: ...
     def now(self) -> float: ...
     async def checkpoint(self) -> None: ...
+    async def wait(self, signal: Signal, deadline: float | None) -> None:
+        """Until ``signal`` is set or the clock reaches ``deadline`` (None: no deadline)."""
 
 
 def is_async_callable(fn: object) -> bool:
@@ -764,14 +792,14 @@ class MultiplexerBase:
 
     def __init__(self, url: str = "redis://localhost:6379/0", **options: Any) -> None:
         self.settings = Settings.from_url(url, **options)
-        self._core = self._new_core()
+        self._core: SubscriptionRouter = self._new_router()
         self._publisher_core: MultiplexerCore | None = None
         self._loop: Loop = _NoLoop()
         self._started = False
         self._closed = False
         self._delivered = 0
         self._dropped = 0
-        self._publishes: dict[tuple[int, int], _PublishWaiter] = {}
+        self._publishes: dict[tuple[object, int], _PublishWaiter] = {}
         self._ready: Signal | None = None
         self._publisher_ready: Signal | None = None
         self._runner: Runner | None = None
@@ -783,6 +811,14 @@ class MultiplexerBase:
 
     def _new_core(self) -> MultiplexerCore:
         return MultiplexerCore(random=self._random, **self.settings.core_options())
+
+    def _new_router(self) -> SubscriptionRouter:
+        """The core subscriptions talk to: here one core, on one connection."""
+        return self._new_core()
+
+    def _single_core(self) -> MultiplexerCore:
+        assert isinstance(self._core, MultiplexerCore)
+        return self._core
 
     @staticmethod
     def _random() -> float:
@@ -809,7 +845,7 @@ class MultiplexerBase:
         self._started = True
         self._ready = loop.new_signal()
         self._runner = self._new_runner(
-            self._core, self._dispatch, self._connection_lost, "subscriber"
+            self._single_core(), self._dispatch, self._connection_lost, "subscriber"
         )
         loop.spawn(self._runner.run)
 
@@ -914,7 +950,7 @@ class MultiplexerBase:
             else:
                 self._publish_reply(1, event)
 
-    def _publish_reply(self, connection: int, event: Event) -> None:
+    def _publish_reply(self, connection: object, event: Event) -> None:
         if isinstance(event, PublishCompleted | PublishFailed):
             waiter = self._publishes.pop((connection, event.token), None)
             if waiter is None:
@@ -1058,7 +1094,7 @@ class MultiplexerBase:
             await ready.wait()
             if self._closed:
                 raise SubscriptionClosed("the multiplexer is closed")
-            core = self._core if shared else self._publisher_core
+            core = self._single_core() if shared else self._publisher_core
             assert core is not None
             if core.state is ConnectionState.READY:
                 break
@@ -1106,4 +1142,7 @@ class _NoLoop:
         raise self._refuse()
 
     async def checkpoint(self) -> None:
+        raise self._refuse()
+
+    async def wait(self, signal: Signal, deadline: float | None) -> None:
         raise self._refuse()

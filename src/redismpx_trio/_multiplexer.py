@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, final
+from typing import Any, Self, final
 
 import trio
 import trio.lowlevel
 
+from redismpx_core._cluster_frontend import ClusterMultiplexerBase
 from redismpx_core._frontend import MultiplexerBase, Signal
 
 from ._runner import ConnectionRunner
 
-__all__ = ("Multiplexer",)
+__all__ = ("ClusterMultiplexer", "Multiplexer")
 
 
 class _TrioLoop:
@@ -38,27 +39,22 @@ class _TrioLoop:
     async def checkpoint(self) -> None:
         await trio.lowlevel.checkpoint()
 
+    async def wait(self, signal: Signal, deadline: float | None) -> None:
+        with trio.move_on_at(float("inf") if deadline is None else deadline):
+            await signal.wait()
 
-@final
-class Multiplexer(MultiplexerBase):
-    """Many Pub/Sub subscriptions over one Redis connection, on trio.
 
-    ``async with Multiplexer("redis://localhost:6379/0") as mpx: ...`` The multiplexer
-    owns a nursery for its connections and its subscriptions' consumers; leaving the
-    block closes everything: sockets, subscriptions, pending promises and waiters.
-    """
+class _NurseryOwner(MultiplexerBase):
+    """Both multiplexers' trio side: a nursery, entered once, that owns every task."""
 
     _random = staticmethod(random.random)
     _runner_type = ConnectionRunner
+    _nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+    _nursery: trio.Nursery | None = None
 
-    def __init__(self, url: str = "redis://localhost:6379/0", **options: Any) -> None:
-        super().__init__(url, **options)
-        self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
-        self._nursery: trio.Nursery | None = None
-
-    async def __aenter__(self) -> Multiplexer:
+    async def __aenter__(self) -> Self:
         if self._started or self._closed:
-            raise RuntimeError("a Multiplexer can be entered only once")
+            raise RuntimeError(f"a {type(self).__name__} can be entered only once")
         manager = trio.open_nursery()
         nursery = await manager.__aenter__()
         self._nursery_manager = manager
@@ -85,3 +81,34 @@ class Multiplexer(MultiplexerBase):
         finally:
             self._close()
         return None
+
+
+@final
+class Multiplexer(_NurseryOwner):
+    """Many Pub/Sub subscriptions over one Redis connection, on trio.
+
+    ``async with Multiplexer("redis://localhost:6379/0") as mpx: ...`` The multiplexer
+    owns a nursery for its connections and its subscriptions' consumers; leaving the
+    block closes everything: sockets, subscriptions, pending promises and waiters.
+    """
+
+    def __init__(self, url: str = "redis://localhost:6379/0", **options: Any) -> None:
+        super().__init__(url, **options)
+
+
+@final
+class ClusterMultiplexer(_NurseryOwner, ClusterMultiplexerBase):
+    """The Multiplexer's API over a Redis Cluster, on trio.
+
+    ``async with ClusterMultiplexer(["redis://10.0.0.1:7000", ...]) as mpx: ...``
+    Channel and pattern subscriptions ride one node's connection; shard channels
+    ride the connection of the master owning their slot, and follow it when the
+    cluster changes. See docs/cluster.md.
+    """
+
+    def __init__(
+        self,
+        startup_urls: str | Sequence[str] = "redis://localhost:6379/0",
+        **options: Any,
+    ) -> None:
+        super().__init__(startup_urls, **options)
