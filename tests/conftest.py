@@ -104,3 +104,4 @@ def redis_server(
     server = RedisServer(redis_binary, work_dir=tmp_path_factory.mktemp("redis-shared"))
     with server.start():
         yield server
+from redis_cluster import redis_cluster, redis_cluster_factory  # noqa: E402, F401

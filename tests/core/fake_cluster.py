@@ -1,0 +1,143 @@
+"""An in-memory Redis Cluster of :class:`fake_redis.FakeRedis` nodes, for ClusterCore tests.
+
+Each node is a FakeRedis whose connections also answer ``CLUSTER SHARDS``, and
+refuse shard names of slots they do not own as Redis 7 does (facts checked on a
+real cluster in tests/test_cluster_fixture.py): ``SSUBSCRIBE``, ``SUNSUBSCRIBE``
+and ``SPUBLISH`` get ``-MOVED slot host:port``, names of several slots in one
+command get ``-CROSSSLOT``. Moving a slot makes the old owner unsubscribe its
+subscribers of the slot's names on its own, with a ``sunsubscribe`` frame each.
+A node that is down refuses connections, and its slots go to the next node.
+"""
+
+from __future__ import annotations
+
+from core.fake_redis import FakeConnection, FakeRedis, Push, RespError
+from redismpx_core._slots import SLOTS, key_slot
+from redismpx_core._topology import Node
+
+__all__ = ("FakeCluster",)
+
+
+class FakeCluster:
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = list(nodes)
+        self.servers = {node: _FakeNode(self, node) for node in nodes}
+        share = SLOTS // len(nodes) + 1
+        self.owners = [nodes[slot // share] for slot in range(SLOTS)]
+        self.down: set[Node] = set()
+        self.shards_queries = 0
+
+    def connect(self, node: Node) -> FakeConnection | None:
+        """A new connection to ``node``, or None if it is down (connection refused)."""
+        if node in self.down or node not in self.servers:
+            return None
+        return self.servers[node].connect()
+
+    def owner(self, name: bytes) -> Node:
+        return self.owners[key_slot(name)]
+
+    def move_slot(self, slot: int, node: Node) -> None:
+        old = self.owners[slot]
+        self.owners[slot] = node
+        if old != node:
+            for conn in list(self.servers[old].connections):
+                assert isinstance(conn, _FakeNodeConnection)
+                conn.lose_slot(slot)
+
+    def kill(self, node: Node) -> None:
+        """The node dies: its connections close, and its slots go to the next live node."""
+        self.down.add(node)
+        for conn in list(self.servers[node].connections):
+            conn.close()
+        alive = [n for n in self.nodes if n not in self.down]
+        heir = alive[0]
+        self.owners = [heir if owner == node else owner for owner in self.owners]
+
+    def revive(self, node: Node) -> None:
+        self.down.discard(node)
+
+    def spublish(self, channel: bytes, data: bytes) -> int:
+        return self.servers[self.owner(channel)].spublish(channel, data)
+
+    def publish(self, channel: bytes, data: bytes) -> int:
+        """PUBLISH reaches every node of a cluster."""
+        return sum(
+            server.publish(channel, data)
+            for node, server in self.servers.items()
+            if node not in self.down
+        )
+
+    def shard_holders(self, name: bytes) -> list[Node]:
+        """Every node with a connection subscribed to shard channel ``name``."""
+        return [node for node, server in self.servers.items() if server.shardnumsub(name)]
+
+    def shards_reply(self) -> list[object]:
+        """``CLUSTER SHARDS`` as RESP2 carries it (maps as flat lists)."""
+        shards = []
+        for node in self.nodes:
+            if node in self.down:
+                continue
+            ranges: list[int] = []
+            for slot, owner in enumerate(self.owners):
+                if owner != node:
+                    continue
+                if ranges and ranges[-1] == slot - 1:
+                    ranges[-1] = slot
+                else:
+                    ranges += [slot, slot]
+            if not ranges:
+                continue
+            description = [
+                b"id", f"{node.port:040x}".encode(),
+                b"port", node.port,
+                b"ip", node.host.encode(),
+                b"endpoint", node.host.encode(),
+                b"role", b"master",
+                b"replication-offset", 0,
+                b"health", b"online",
+            ]  # fmt: skip
+            shards.append([b"slots", ranges, b"nodes", [description]])
+        return shards
+
+
+class _FakeNode(FakeRedis):
+    def __init__(self, cluster: FakeCluster, node: Node) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.node = node
+
+    def connect(self) -> FakeConnection:
+        conn = _FakeNodeConnection(self, next(self._ids))
+        self.connections.append(conn)
+        return conn
+
+
+_SLOT_CHECKED = frozenset({b"ssubscribe", b"sunsubscribe", b"spublish"})
+
+
+class _FakeNodeConnection(FakeConnection):
+    server: _FakeNode
+
+    def _execute(self, command: list[bytes]) -> None:
+        name = command[0].lower()
+        if name == b"cluster" and len(command) == 2 and command[1].upper() == b"SHARDS":
+            self.server.cluster.shards_queries += 1
+            self._reply(self.server.cluster.shards_reply())
+            return
+        if name in _SLOT_CHECKED and len(command) > 1:
+            names = command[1:2] if name == b"spublish" else command[1:]
+            slots = {key_slot(n) for n in names}
+            if len(slots) > 1:
+                self._reply(RespError("CROSSSLOT Keys in request don't hash to the same slot"))
+                return
+            slot = slots.pop()
+            owner = self.server.cluster.owners[slot]
+            if owner != self.server.node:
+                self._reply(RespError(f"MOVED {slot} {owner.host}:{owner.port}"))
+                return
+        super()._execute(command)
+
+    def lose_slot(self, slot: int) -> None:
+        for name in [n for n in self.shard_channels if key_slot(n) == slot]:
+            del self.shard_channels[name]
+            self._reply(Push([b"sunsubscribe", name, len(self.shard_channels)]))
