@@ -105,3 +105,4 @@ def redis_server(
     with server.start():
         yield server
 from redis_cluster import redis_cluster, redis_cluster_factory  # noqa: E402, F401
+from redis_sentinel import redis_sentinel_factory  # noqa: E402, F401

@@ -14,6 +14,7 @@ __all__ = (
     "ConnectionLost",
     "HealthCheckTimeout",
     "InactiveSubscription",
+    "MasterNotFound",
     "PromiseInterrupted",
     "ProtocolError",
     "RedisMPXError",
@@ -68,6 +69,14 @@ class ServerError(RedisMPXError):
 
 class AuthenticationError(ServerError):
     """The handshake was refused: wrong password, unknown user, or no password configured."""
+
+
+class MasterNotFound(RedisMPXError):
+    """A sentinel answered that it monitors no master of that name.
+
+    Drivers try the next sentinel; when none gives an address, the connection
+    attempt fails with :class:`ConnectionLost` and is retried with backoff.
+    """
 
 
 def describe_cause(exc: BaseException) -> str:

@@ -8,7 +8,11 @@ site with a typed error (SPEC 2, 3.14) instead of at the first reconnect:
 * an unknown keyword or a value of the wrong type raises :class:`TypeError`;
 * an option given both in the URL and as a keyword raises :class:`ValueError`.
 
-Secrets never leak (SPEC 3.15): the password is left out of ``repr``, and error
+Sentinel mode (SPEC 4): a ``redis+sentinel://`` URL, or ``sentinels=`` and
+``master_name=``, names the sentinels to ask for the master's address instead of
+a server; the settings then hold no ``host`` or ``port`` of their own.
+
+Secrets never leak (SPEC 3.15): the passwords are left out of ``repr``, and error
 messages are built from parsed parts, never from the raw URL. When a URL is too
 malformed to tell its parts apart, messages quote nothing from it but the scheme
 and query parameter names, and only when those look like plain names.
@@ -25,9 +29,9 @@ import enum
 import ipaddress
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict, Unpack
 from urllib.parse import quote, unquote
 
 from ._backoff import Backoff
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = (
     "CoreOptions",
     "DEFAULT_PORT",
+    "DEFAULT_SENTINEL_PORT",
+    "DEFAULT_URL",
     "OverflowPolicy",
     "Scheme",
     "Settings",
@@ -46,6 +52,11 @@ __all__ = (
 
 #: Port used when a ``redis://`` or ``rediss://`` URL names none.
 DEFAULT_PORT: Final = 6379
+#: Port used for a sentinel that a ``redis+sentinel://`` URL lists without one.
+DEFAULT_SENTINEL_PORT: Final = 26379
+#: The URL a driver's ``Multiplexer()`` uses when given none. Sentinel options may
+#: be combined with it (it then names no server), not with any other redis:// URL.
+DEFAULT_URL: Final = "redis://localhost:6379/0"
 #: Redis' own limit on a bulk string (512 MiB) plus room for the frame around it.
 DEFAULT_MAX_FRAME_SIZE: Final = 512 * 1024 * 1024 + 64 * 1024
 
@@ -71,6 +82,10 @@ class SettingsOptions(TypedDict, total=False):
     db: int
     client_name: str | None
     protocol: int
+    sentinels: Sequence[tuple[str, int]] | None
+    master_name: str | None
+    sentinel_username: str | None
+    sentinel_password: str | None
     ssl: SSLContext | None
     connect_timeout: float | None
     health_check_interval: float | None
@@ -96,13 +111,23 @@ class CoreOptions(TypedDict):
     max_frame_size: int
     backoff_base: float
     backoff_cap: float
+    #: Present (and true) only in sentinel mode: the handshake checks the node's ROLE.
+    require_master: NotRequired[bool]
 
 
 _SCHEMES: Final = ("redis", "rediss", "unix")
+#: URL schemes of sentinel mode, and the scheme (transport) of the data nodes they give.
+_SENTINEL_SCHEMES: Final = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
+_URL_SCHEMES: Final = (*_SCHEMES, *_SENTINEL_SCHEMES)
 #: Fields that come from the URL itself, never from a keyword.
 _URL_ONLY: Final = frozenset({"scheme", "host", "port", "path"})
 #: Options a URL may carry; giving one in both places is an error.
-_URL_OPTIONS: Final = ("username", "password", "db", "client_name", "protocol")
+_URL_OPTIONS: Final = (
+    "username", "password", "db", "client_name", "protocol", "sentinels", "master_name"
+)
+#: Options that ask for sentinel mode: a redis://, rediss:// or unix:// URL names a
+#: server of its own and cannot be combined with them (the default URL can).
+_SENTINEL_OPTIONS: Final = ("sentinels", "master_name", "sentinel_username", "sentinel_password")
 _QUERY_PARAMETERS: Final = ("db", "client_name", "protocol")
 _OPTIONS: Final = tuple(SettingsOptions.__annotations__)
 _MAX_DB: Final = 2**31 - 1  # Redis keeps the database index in a C int
@@ -115,6 +140,10 @@ _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]{0,31}", re.ASCII)
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _NEGATIVE = re.compile(r"-[0-9]+", re.ASCII)
 _HOST_PUNCTUATION: Final = frozenset("-._~")
+_NO_SENTINELS: Final = (
+    "sentinel mode needs at least one sentinel: list them in the URL, "
+    "redis+sentinel://host1:26379,host2:26379/mymaster, or give sentinels=[(host, port), ...]"
+)
 _SPECIALS_HINT: Final = (
     " (if the username or password contains '@', ':', '/', '?', '#' or '%', percent-encode it)"
 )
@@ -182,6 +211,56 @@ def _host_problem(host: str) -> str | None:
     return None
 
 
+def _check_port(label: str, value: object) -> int:
+    port = _check_int(label, value, 1)
+    if port > _MAX_PORT:
+        raise ValueError(f"{label!r} must be from 1 to {_MAX_PORT}, got {port}")
+    return port
+
+
+def _check_sentinel(position: int, item: object) -> tuple[str, int]:
+    """One ``(host, port)`` pair of ``sentinels``; messages name its position, not its host."""
+    if isinstance(item, str | bytes) or not isinstance(item, tuple | list):
+        raise TypeError(
+            f"each item of 'sentinels' must be a (host, port) pair; item {position} "
+            f"is a {_type_name(item)}"
+        )
+    if len(item) != 2:
+        raise ValueError(
+            f"each item of 'sentinels' must be a (host, port) pair; item {position} "
+            f"has {len(item)} elements"
+        )
+    host, port = item
+    if not isinstance(host, str):
+        raise TypeError(f"the host of sentinel {position} must be a str, not {_type_name(host)}")
+    problem = _host_problem(host)
+    if problem is not None:
+        raise ValueError(f"bad host of sentinel {position}: {problem}")
+    return host, _check_port(f"port of sentinel {position}", port)
+
+
+def _check_master_name(name: object) -> str:
+    if name is None:
+        raise ValueError(
+            "sentinel mode needs a 'master_name' (the name the sentinels monitor): in the "
+            "URL, redis+sentinel://host:26379/mymaster, or as master_name='mymaster'"
+        )
+    if not isinstance(name, str):
+        raise TypeError(f"'master_name' must be a str, not {_type_name(name)}")
+    if not name:
+        raise ValueError("'master_name' must not be empty")
+    for char in name:
+        # Sentinel keeps the name in its config file, one directive per line.
+        if char.isspace() or not char.isprintable():
+            raise ValueError(f"'master_name' must not contain {char!r}")
+    return name
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets, its zone's '%' encoded."""
+    return f"[{quote(host, safe=':')}]" if ":" in host else host
+
+
 def _check_client_name(name: str) -> None:
     # Redis accepts only printable ASCII without spaces (validateClientAttr: '!'..'~').
     for char in name:
@@ -201,15 +280,25 @@ class Settings:
 
     Build it with :meth:`from_url`. Direct construction (keyword-only) is validated
     the same way; ``port`` defaults to 6379 for ``redis``/``rediss`` and must stay
-    ``None`` for ``unix``. Empty strings for ``username``, ``password`` and
-    ``client_name`` mean ``None``; ``health_check_interval=0`` becomes ``None``
-    (disabled); ``overflow`` is stored as an :class:`OverflowPolicy`.
+    ``None`` for ``unix``. In sentinel mode (``sentinels`` and ``master_name``, over
+    ``redis`` or ``rediss``) ``host``, ``port`` and ``path`` stay ``None``: the
+    sentinels give the master's address; ``sentinels`` is stored as a tuple of
+    ``(host, port)`` tuples. Empty strings for ``username``, ``password``,
+    ``sentinel_username``, ``sentinel_password`` and ``client_name`` mean ``None``;
+    ``health_check_interval=0`` becomes ``None`` (disabled); ``overflow`` is stored as
+    an :class:`OverflowPolicy`.
     """
 
     scheme: Scheme = "redis"
     host: str | None = None
     port: int | None = None
     path: str | None = None
+    #: Sentinel mode when not empty: where to ask for the master's address.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
+    #: Credentials for the sentinels themselves (``username``/``password`` are the data nodes').
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     db: int = 0
@@ -237,6 +326,50 @@ class Settings:
     def _check_address(self) -> None:
         if not isinstance(self.scheme, str) or self.scheme not in _SCHEMES:
             raise ValueError(f"'scheme' must be one of {', '.join(map(repr, _SCHEMES))}")
+        for name in ("sentinel_username", "sentinel_password"):
+            self._put(name, _check_optional_str(name, getattr(self, name)))
+        if self.sentinels is None:
+            self._put("sentinels", ())  # None means none, as for the other options
+        if (
+            self.sentinels == ()
+            and self.master_name is None
+            and self.sentinel_username is None
+            and self.sentinel_password is None
+        ):
+            self._check_server_address()
+        else:
+            self._check_sentinels()
+        self._check_ssl()
+
+    def _check_sentinels(self) -> None:
+        if self.scheme == "unix":
+            raise ValueError("sentinel mode connects over TCP: use redis or rediss, not unix")
+        if self.host is not None or self.port is not None or self.path is not None:
+            raise ValueError(
+                "in sentinel mode the sentinels give the master's address: "
+                "give no 'host', 'port' or 'path'"
+            )
+        sentinels = self.sentinels
+        if not isinstance(sentinels, tuple | list):
+            raise TypeError(
+                "'sentinels' must be a list of (host, port) pairs, "
+                f"not {_type_name(sentinels)}"
+            )
+        if not sentinels:
+            raise ValueError(_NO_SENTINELS)
+        checked = tuple(_check_sentinel(i, item) for i, item in enumerate(sentinels, 1))
+        for position, address in enumerate(checked, 1):
+            first = checked.index(address) + 1
+            if first != position:
+                raise ValueError(f"sentinel {position} repeats sentinel {first}")
+        self._put("sentinels", checked)
+        self._put("master_name", _check_master_name(self.master_name))
+        if self.sentinel_username is not None and self.sentinel_password is None:
+            raise ValueError(
+                "'sentinel_username' needs a 'sentinel_password' (AUTH takes both)"
+            )
+
+    def _check_server_address(self) -> None:
         if self.scheme == "unix":
             if self.host is not None or self.port is not None:
                 raise ValueError("a unix socket takes a 'path', not a 'host' or 'port'")
@@ -258,8 +391,10 @@ class Settings:
                 raise ValueError(f"bad 'host': {problem}")
             if self.port is None:
                 self._put("port", DEFAULT_PORT)
-            elif _check_int("port", self.port, 1) > _MAX_PORT:
-                raise ValueError(f"'port' must be from 1 to {_MAX_PORT}, got {self.port}")
+            else:
+                _check_port("port", self.port)
+
+    def _check_ssl(self) -> None:
         if self.ssl is None:
             return
         if not callable(getattr(self.ssl, "wrap_bio", None)):
@@ -269,8 +404,10 @@ class Settings:
                 + (hint if isinstance(self.ssl, bool) else "")
             )
         if self.scheme != "rediss":
+            scheme = f"{self.scheme}+sentinel" if self.sentinels else self.scheme
             raise ValueError(
-                f"'ssl' needs a rediss:// URL (TLS over TCP); this one is {self.scheme}://"
+                f"'ssl' needs a rediss:// URL (TLS over TCP; rediss+sentinel:// with "
+                f"sentinels); this one is {scheme}://"
             )
 
     def _check_handshake(self) -> None:
@@ -322,8 +459,18 @@ class Settings:
         """Parse *url* and apply the keyword *options* (named as the fields).
 
         URL forms: ``redis://[[username]:password@]host[:port][/db][?query]``,
-        ``rediss://...`` (TLS), ``unix://[[username]:password@]/path/to/socket[?query]``.
-        Query parameters: ``db``, ``client_name``, ``protocol``.
+        ``rediss://...`` (TLS), ``unix://[[username]:password@]/path/to/socket[?query]``,
+        and for sentinel mode
+        ``redis+sentinel://[[username]:password@]host1[:port1],host2[:port2]/master_name[/db][?query]``
+        (``rediss+sentinel://`` for TLS to the data nodes; a sentinel's port defaults to
+        26379). Query parameters: ``db``, ``client_name``, ``protocol``.
+
+        The sentinel options (``sentinels``, ``master_name``, ``sentinel_username``,
+        ``sentinel_password``) go with a ``redis+sentinel://`` URL (which may then leave
+        out the sentinels or the master name) or with :data:`DEFAULT_URL`, which then
+        names no server: ``Settings.from_url(DEFAULT_URL, sentinels=[...],
+        master_name="mymaster")`` is what ``Multiplexer(sentinels=..., master_name=...)``
+        does.
         """
         for name in options:
             if name in _URL_ONLY:
@@ -333,12 +480,25 @@ class Settings:
         if not isinstance(url, str):
             raise TypeError(f"the URL must be a str, not {_type_name(url)}")
         fields, given = _parse_url(url)
+        if any(options.get(name) is not None for name in _SENTINEL_OPTIONS) and (
+            "host" in fields or "path" in fields
+        ):
+            if url.strip() != DEFAULT_URL:
+                raise ValueError(
+                    "sentinel options need a redis+sentinel:// (or rediss+sentinel://) URL, "
+                    f"or no URL: this {fields['scheme']}:// URL names a server of its own"
+                )
+            # The URL the caller did not give: the sentinels will say where the master is.
+            fields, given = {"scheme": "redis"}, {}
         for name in _URL_OPTIONS:
             if name in given and name in options:
                 raise ValueError(
                     f"{name!r} was given twice: in the URL and as a keyword; give it once"
                 )
         values: dict[str, Any] = {**fields, **given, **options}
+        if "host" not in fields and "path" not in fields and not values.get("sentinels"):
+            # A sentinel URL listing no sentinel, and no sentinels= to fill it in.
+            raise ValueError(_NO_SENTINELS)
         return cls(**values)
 
     def redacted_url(self) -> str:
@@ -348,14 +508,16 @@ class Settings:
             userinfo = quote(self.username or "", safe="")
             userinfo += f":{_MASK}@" if self.password is not None else "@"
         query: list[tuple[str, str]] = []
-        if self.scheme == "unix":
+        if self.sentinels:
+            hosts = ",".join(f"{_url_host(host)}:{port}" for host, port in self.sentinels)
+            master = quote(self.master_name or "", safe="")
+            base = f"{self.scheme}+sentinel://{userinfo}{hosts}/{master}/{self.db}"
+        elif self.scheme == "unix":
             base = f"unix://{userinfo}{quote(self.path or '', safe='/')}"
             if self.db:
                 query.append(("db", str(self.db)))
         else:
-            host = self.host or ""
-            host = f"[{quote(host, safe=':')}]" if ":" in host else host
-            base = f"{self.scheme}://{userinfo}{host}:{self.port}/{self.db}"
+            base = f"{self.scheme}://{userinfo}{_url_host(self.host or '')}:{self.port}/{self.db}"
         if self.client_name is not None:
             query.append(("client_name", quote(self.client_name, safe="")))
         if self.protocol != _PROTOCOLS[0]:
@@ -366,7 +528,7 @@ class Settings:
 
     def core_options(self) -> CoreOptions:
         """Keyword arguments for the core state machine's constructor (a plain dict)."""
-        return {
+        options: CoreOptions = {
             "protocol": self.protocol,
             "username": self.username,
             "password": self.password,
@@ -379,6 +541,11 @@ class Settings:
             "backoff_base": self.backoff_base,
             "backoff_cap": self.backoff_cap,
         }
+        if self.sentinels:
+            # A sentinel's answer may be out of date (a failover under way): the core
+            # asks the node itself, and drops a connection to anything but a master.
+            options["require_master"] = True
+        return options
 
 
 # ------------------------------------------------------------------------------ URL parsing
@@ -421,10 +588,16 @@ class _URLParser:
 
     def parse(self) -> tuple[dict[str, Any], dict[str, Any]]:
         if not self.separator:
-            raise self.error("it must start with redis://, rediss:// or unix://")
-        if self.scheme not in _SCHEMES:
+            raise self.error(
+                "it must start with redis://, rediss:// or unix:// "
+                "(or redis+sentinel://, rediss+sentinel://)"
+            )
+        if self.scheme not in _URL_SCHEMES:
             shown = f" {self.head!r}" if _PLAIN_NAME.fullmatch(self.head) else ""
-            raise self.error(f"unknown scheme{shown}; expected redis://, rediss:// or unix://")
+            raise self.error(
+                f"unknown scheme{shown}; expected redis://, rediss:// or unix:// "
+                "(or redis+sentinel://, rediss+sentinel://)"
+            )
         rest, hash_mark, _ = self.rest.partition("#")
         if hash_mark:
             raise self.error("it must not contain a fragment ('#...')")
@@ -433,7 +606,9 @@ class _URLParser:
         userinfo, at, hostport = authority.rpartition("@")
         if at:
             self.parse_userinfo(userinfo)
-        if self.scheme == "unix":
+        if self.scheme in _SENTINEL_SCHEMES:
+            self.parse_sentinels(hostport, path)
+        elif self.scheme == "unix":
             self.parse_unix(hostport, slash, path)
         else:
             self.parse_tcp(hostport, path)
@@ -458,40 +633,74 @@ class _URLParser:
         self.fields["path"] = socket_path
 
     def parse_tcp(self, hostport: str, path: str) -> None:
+        host, port = self.parse_address(hostport, "")
+        self.fields["host"] = host
+        if port is not None:
+            self.fields["port"] = port
+        if path:
+            self.given["db"] = self.parse_db(path, "the database number (the path /DB)")
+
+    def parse_sentinels(self, hostports: str, path: str) -> None:
+        """``host1[:port1],host2[:port2]/master_name[/db]``: either part may be left to
+        the keywords (``sentinels=``, ``master_name=``), so both may be empty here."""
+        self.fields["scheme"] = _SENTINEL_SCHEMES[self.scheme]
+        if hostports:
+            sentinels: list[tuple[str, int]] = []
+            for position, hostport in enumerate(hostports.split(","), 1):
+                if not hostport:
+                    raise self.error(
+                        f"sentinel {position} of the list is empty; expected "
+                        f"{self.scheme}://host1[:port1],host2[:port2]/master_name"
+                    )
+                host, port = self.parse_address(hostport, f"sentinel {position}: ")
+                sentinels.append((host, DEFAULT_SENTINEL_PORT if port is None else port))
+            self.given["sentinels"] = tuple(sentinels)
+        raw_name, _, db = path.partition("/")
+        if raw_name:
+            self.given["master_name"] = self.decode(raw_name, "master name")
+        if db:
+            self.given["db"] = self.parse_db(
+                db, "the database number (the path /master_name/DB)"
+            )
+
+    def parse_address(self, hostport: str, label: str) -> tuple[str, int | None]:
+        """``host[:port]`` or ``[ipv6][:port]``, checked; messages start with ``label``."""
         raw_port: str | None
         if hostport.startswith("["):
             end = hostport.find("]")
             if end < 0:
-                raise self.error("'[' opens an IPv6 address but no ']' closes it")
+                raise self.error(f"{label}'[' opens an IPv6 address but no ']' closes it")
             host = self.decode(hostport[1:end], "host")
             after = hostport[end + 1 :]
             if after and not after.startswith(":"):
-                raise self.error("only ':port' may follow an IPv6 address in brackets")
+                raise self.error(f"{label}only ':port' may follow an IPv6 address in brackets")
             raw_port = after[1:] if after else None
             if ":" not in host:
-                raise self.error("the host in brackets is not an IPv6 address")
+                raise self.error(f"{label}the host in brackets is not an IPv6 address")
         else:
             host, colon, port_text = hostport.partition(":")
             raw_port = port_text if colon else None
             if ":" in port_text:
-                raise self.error("an IPv6 host must be in brackets, e.g. redis://[::1]:6379")
+                raise self.error(
+                    f"{label}an IPv6 host must be in brackets, e.g. redis://[::1]:6379"
+                )
         if not host:
-            raise self.error(f"the host is missing; expected {self.scheme}://host[:port][/db]")
+            raise self.error(
+                f"{label}the host is missing; expected {self.scheme}://host[:port][/db]"
+            )
         problem = _host_problem(host)
         if problem is not None:
-            raise self.error(problem)
-        self.fields["host"] = host
-        if raw_port is not None:
-            digits = raw_port.lstrip("0")
-            if (
-                not _DIGITS.fullmatch(raw_port)
-                or len(digits) > len(str(_MAX_PORT))
-                or not 1 <= int(digits or "0") <= _MAX_PORT
-            ):
-                raise self.error(f"the port must be a number from 1 to {_MAX_PORT}")
-            self.fields["port"] = int(digits)
-        if path:
-            self.given["db"] = self.parse_db(path, "the database number (the path /DB)")
+            raise self.error(f"{label}{problem}")
+        if raw_port is None:
+            return host, None
+        digits = raw_port.lstrip("0")
+        if (
+            not _DIGITS.fullmatch(raw_port)
+            or len(digits) > len(str(_MAX_PORT))
+            or not 1 <= int(digits or "0") <= _MAX_PORT
+        ):
+            raise self.error(f"{label}the port must be a number from 1 to {_MAX_PORT}")
+        return host, int(digits)
 
     def parse_query(self, query: str) -> None:
         seen: set[str] = set()
