@@ -6,6 +6,7 @@ Drivers (``redismpx_anyio``, ``redismpx_trio``, or your own) do the I/O.
 """
 
 from ._backoff import Backoff
+from ._cluster import ClusterCore
 from ._core import MAX_NAMES_PER_COMMAND, ConnectionState, MultiplexerCore
 from ._delivery import DeliveryQueue, Message, Notice, SubscriptionOverflow
 from ._errors import (
@@ -13,6 +14,7 @@ from ._errors import (
     ConnectionLost,
     HealthCheckTimeout,
     InactiveSubscription,
+    MasterNotFound,
     PromiseInterrupted,
     ProtocolError,
     RedisMPXError,
@@ -20,6 +22,8 @@ from ._errors import (
     SubscriptionClosed,
 )
 from ._events import (
+    CommandCompleted,
+    CommandFailed,
     ConnectionEstablished,
     Event,
     MessagesReceived,
@@ -34,9 +38,12 @@ from ._events import (
 )
 from ._handles import Promise, Subscription, SubscriptionKind
 from ._names import coerce_name, escape_glob
+from ._sentinel import SentinelQuery
 from ._settings import DEFAULT_MAX_FRAME_SIZE, OverflowPolicy, Settings
+from ._slots import SLOTS, key_slot
 from ._state import NameKind, NameState
 from ._statistics import Statistics
+from ._topology import Node, Topology
 from ._version import __version__
 
 __all__ = (
@@ -47,6 +54,12 @@ __all__ = (
     "DEFAULT_MAX_FRAME_SIZE",
     "MAX_NAMES_PER_COMMAND",
     "Statistics",
+    # Redis Cluster
+    "ClusterCore",
+    "Node",
+    "Topology",
+    "SLOTS",
+    "key_slot",
     # delivery to consumers
     "DeliveryQueue",
     "Message",
@@ -54,6 +67,8 @@ __all__ = (
     # configuration
     "Settings",
     "OverflowPolicy",
+    # sentinel discovery
+    "SentinelQuery",
     # handles
     "Subscription",
     "SubscriptionKind",
@@ -72,6 +87,8 @@ __all__ = (
     "PromiseFailed",
     "PublishCompleted",
     "PublishFailed",
+    "CommandCompleted",
+    "CommandFailed",
     # errors
     "RedisMPXError",
     "InactiveSubscription",
@@ -83,6 +100,7 @@ __all__ = (
     "HealthCheckTimeout",
     "ServerError",
     "AuthenticationError",
+    "MasterNotFound",
     # helpers
     "coerce_name",
     "escape_glob",

@@ -97,6 +97,7 @@ class ClusterCore:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
         self._startup = tuple(dict.fromkeys(startup))
+        self._known: dict[Node, None] = dict.fromkeys(self._startup)
         self._random = random
         self._core_options = core_options
         # Fail now, not when the first node is contacted, if an option is wrong.
@@ -176,6 +177,11 @@ class ClusterCore:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def holds_events(self) -> bool:
+        """True if events of cores it closed wait for the next output (any input takes them)."""
+        return bool(self._held)
 
     @property
     def state(self) -> ConnectionState:
@@ -504,15 +510,17 @@ class ClusterCore:
         return self._apply(topology)
 
     def _next_candidate(self, node: Node) -> Node:
-        """The node after ``node`` among those known: masters, replicas, startup nodes."""
-        known = list(self.topology.nodes) if self.topology is not None else []
-        candidates = list(dict.fromkeys([*known, *self._startup]))
+        """The node after ``node`` among those known: the topology's masters and replicas,
+        then every node seen before (a node that left may come back) and the startup nodes."""
+        current = list(self.topology.nodes) if self.topology is not None else []
+        candidates = list(dict.fromkeys([*current, *self._known]))
         position = candidates.index(node) if node in candidates else -1
         return candidates[(position + 1) % len(candidates)]
 
     def _apply(self, topology: Topology) -> list[Event]:
         """Move every shard name whose slot changed owner; drop what is left idle."""
         self.topology = topology
+        self._known.update(dict.fromkeys(topology.nodes))
         self._redirects.clear()
         events: list[Event] = []
         for sub, homes in self._homes.items():
@@ -596,7 +604,9 @@ class ClusterCore:
         return events
 
     def _drop_idle_cores(self) -> None:
-        """Close node handles with no names left, and the cores of nodes with no handles."""
+        """Close node handles with no names left, and the connections of nodes that
+        carry nothing and own no slot (a master's stays: names come and go)."""
+        masters = self.topology.masters if self.topology is not None else ()
         for node in [n for n in self._subscribers if n != self._home]:
             core = self._subscribers[node]
             for placement in self._placements.values():
@@ -604,7 +614,9 @@ class ClusterCore:
                 if handle is not None and not handle.names:
                     self._held += core.close_subscription(handle)
                     del placement[node]
-            if not any(node in placement for placement in self._placements.values()):
+            if node not in masters and not any(
+                node in placement for placement in self._placements.values()
+            ):
                 self._held += self._subscribers.pop(node).close()
 
     # ------------------------------------------------------------------ the whole

@@ -17,7 +17,13 @@ from typing import Any
 
 from ._cluster import ClusterCore, ConnectionKey
 from ._errors import ServerError, SubscriptionClosed
-from ._events import ConnectionEstablished, Event, PublishCompleted, PublishFailed
+from ._events import (
+    ConnectionEstablished,
+    Event,
+    MessagesReceived,
+    PublishCompleted,
+    PublishFailed,
+)
 from ._frontend import (
     Loop,
     MultiplexerBase,
@@ -141,7 +147,12 @@ class ClusterMultiplexerBase(MultiplexerBase):
         )
 
     def _dispatch_node(self, key: ConnectionKey, events: list[Event]) -> None:
-        events = self._cluster.handle_events(key, events, self._loop.now())
+        cluster = self._cluster
+        if not cluster.holds_events and all(e.__class__ is MessagesReceived for e in events):
+            # The common read: messages only, which change nothing the router decides.
+            self._dispatch(events)
+            return
+        events = cluster.handle_events(key, events, self._loop.now())
         self._dispatch([e for e in events if not self._took_reply(key, e)])
         self._reconcile()
         self._set(self._changed)

@@ -126,13 +126,20 @@ _AUTH_ERROR_CODES: Final = frozenset({"WRONGPASS", "NOAUTH"})
 #: stand-alone core treats them as connection errors.
 REDIRECT_CODES: Final = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
 
+#: States in which a cluster node's own sunsubscribe may arrive before the reply to ours.
+_SERVER_MAY_CROSS: Final = frozenset({NameState.UNSUBSCRIBING, NameState.RESUBSCRIBING})
+
 _IF_WANTED: Final = _state.FLUSH_ACTIONS[True]
 _IF_UNWANTED: Final = _state.FLUSH_ACTIONS[False]
 
 # Kinds of replies the connection waits for, besides subscription confirmations.
 _HANDSHAKE: Final = "handshake"
 _PING: Final = "ping"
+_FENCE: Final = "fence"
 _PUBLISH: Final = "publish"
+#: Sentinel mode's last handshake reply: the node must say it is the master.
+_ROLE: Final = "role"
+_ROLE_COMMAND: Final = pack_command(b"ROLE")
 _REQUEST: Final = "request"
 
 
@@ -238,6 +245,19 @@ def _check_seconds(label: str, value: object, *, allow_none: bool = False) -> fl
     return float(value)
 
 
+def _check_role(reply: Any) -> None:
+    """Sentinel mode: a sentinel's answer may lag a failover, so the node it named must
+    say "master" itself; anything else drops the connection, and the next attempt asks
+    the sentinels again."""
+    if not isinstance(reply, list) or not reply or not isinstance(reply[0], bytes):
+        raise ProtocolError("ROLE answered with something other than a role")
+    if reply[0] != b"master":
+        role = reply[0][:16].decode("ascii", "replace")
+        raise ConnectionLost(
+            f"the node the sentinels named is a {role!r}, not the master (a failover?)"
+        )
+
+
 def _server_error(reply: Any, password: str | None, *, handshake: bool = False) -> ServerError:
     """The typed error for an error reply; secrets are scrubbed from its text."""
     message = str(reply)
@@ -271,6 +291,7 @@ class MultiplexerCore:
         backoff_base: float = 0.1,
         backoff_cap: float = 10.0,
         cluster: bool = False,
+        require_master: bool = False,
     ) -> None:
         if protocol not in (2, 3) or isinstance(protocol, bool):
             raise ValueError(f"protocol must be 2 or 3, got {protocol!r}")
@@ -298,6 +319,8 @@ class MultiplexerCore:
         )
         self.max_frame_size = max_frame_size
         self.backoff = Backoff(base=backoff_base, cap=backoff_cap, random=random)
+        #: Sentinel mode: the handshake ends with ROLE, and only a master will do.
+        self.require_master = bool(require_master)
         #: One node of a Redis Cluster: shard names refused with a redirect are handed
         #: back (NameRejected) instead of breaking the connection.
         self.cluster = cluster
@@ -597,7 +620,7 @@ class MultiplexerCore:
         self._handshake_deadline = None if timeout is None else now + timeout
         for command in self._handshake_commands():
             self._out += command
-            self._expected.append(_Expected(_HANDSHAKE))
+            self._expected.append(_Expected(_ROLE if command == _ROLE_COMMAND else _HANDSHAKE))
             self._handshake_pending += 1
         for records in self._records.values():
             for record in records.values():
@@ -623,6 +646,8 @@ class MultiplexerCore:
             commands.append(pack_command(b"SELECT", self.db))
         if self.client_name and self.protocol == 2:
             commands.append(pack_command(b"CLIENT", b"SETNAME", self.client_name))
+        if self.require_master:
+            commands.append(_ROLE_COMMAND)  # last: after AUTH, which ROLE needs
         if not commands:
             # The connection counts as up only once the server has answered something:
             # a server that accepts and never speaks (frozen, or refusing us with "max
@@ -881,6 +906,12 @@ class MultiplexerCore:
     def _send(self, kind: NameKind, command: Command, records: list[_NameRecord]) -> None:
         self._out += pack_command(_COMMAND_NAMES[kind, command], *[r.name for r in records])
         self._expected.append(_Expected("names", kind=kind, command=command, records=records))
+        if self.cluster and kind is NameKind.SHARD and command is Command.UNSUBSCRIBE:
+            # A cluster node that loses a slot unsubscribes its names itself, with
+            # frames just like the confirmations of our SUNSUBSCRIBE, which it then
+            # refuses with MOVED: a PING after it bounds what may belong to it.
+            self._out += b"*1\r\n$4\r\nPING\r\n"
+            self._expected.append(_Expected(_FENCE, records=records))
 
     # ------------------------------------------------------------------ input
 
@@ -1083,11 +1114,11 @@ class MultiplexerCore:
         kind, command, reply = confirmation
         expected = self._expected[0] if self._expected else None
         if expected is None or expected.kind is not kind or expected.command is not command:
-            self._unexpected(kind, command, frame)
+            self._unexpected(kind, command, frame, events)
             return None
         record = expected.records[expected.index]
         if record.name != name:
-            self._unexpected(kind, command, frame)
+            self._unexpected(kind, command, frame, events)
             return None
         expected.index += 1
         if expected.index == len(expected.records):
@@ -1099,8 +1130,20 @@ class MultiplexerCore:
         self._enter(record, next_state, events)
         return expected
 
-    def _unexpected(self, kind: NameKind, command: Command, frame: Any) -> None:
+    def _unexpected(
+        self, kind: NameKind, command: Command, frame: Any, events: list[Event]
+    ) -> None:
         """A confirmation that does not match the command in flight."""
+        head = self._expected[0] if self._expected else None
+        if (
+            head is not None
+            and head.label is _FENCE
+            and command is Command.UNSUBSCRIBE
+            and any(r.name == frame[1] for r in head.records)
+        ):
+            # Between a SUNSUBSCRIBE and its fence: the node's own unsubscribe and then
+            # the reply to ours (the slot moved away and back): both about the same name.
+            return
         record = self._records[kind].get(frame[1])
         if (
             kind is NameKind.SHARD
@@ -1108,10 +1151,26 @@ class MultiplexerCore:
             and record is not None
             and record.state in _state.ON_SERVER_UNSUBSCRIBE
         ):
-            # Redis Cluster moved the slot away: subscribe again (on the new owner).
-            record.state = _state.ON_SERVER_UNSUBSCRIBE[record.state]
-            self._dirty[record] = None
+            # Redis Cluster moved the slot away (a migration, a failover).
+            state = _state.ON_SERVER_UNSUBSCRIBE[record.state]
+            if self.cluster:
+                # The router places it again, on the slot's owner: this node may now
+                # be a replica, which would take the name and serve it second-hand.
+                moved = ServerError("MOVED: the server unsubscribed the name", code="MOVED")
+                self._drop_holders(record, moved, events)
+                self._enter(record, state, events)
+            else:
+                record.state = state
+                self._dirty[record] = None  # subscribe again, here
             return
+        if (
+            self.cluster
+            and kind is NameKind.SHARD
+            and command is Command.UNSUBSCRIBE
+            and record is not None
+            and record.state in _SERVER_MAY_CROSS
+        ):
+            return  # the server's own, crossing our SUNSUBSCRIBE: its reply settles the name
         raise ProtocolError(
             f"unexpected {frame[0].decode(errors='replace')} confirmation from the server"
         )
@@ -1152,6 +1211,14 @@ class MultiplexerCore:
             raise ProtocolError("a reply the core did not ask for")
         expected = self._expected[0]
         label = expected.label
+        if label is _FENCE:
+            if not is_error:
+                self._expected.popleft()
+                return
+            error = _server_error(frame, self._password)
+            if error.code in REDIRECT_CODES:
+                return  # the SUNSUBSCRIBE before the fence, refused after the server's own
+            raise error
         if label == "names":
             if not is_error:
                 raise ProtocolError("a plain reply where a subscription confirmation was due")
@@ -1175,7 +1242,9 @@ class MultiplexerCore:
             return
         if is_error:
             raise _server_error(frame, self._password, handshake=label is _HANDSHAKE)
-        if label is _HANDSHAKE:
+        if label is _ROLE:
+            _check_role(frame)
+        if label is _HANDSHAKE or label is _ROLE:
             self._handshake_pending -= 1
             if not self._handshake_pending:
                 events += self._handshake_completed(now)
@@ -1188,7 +1257,7 @@ class MultiplexerCore:
             self.cluster
             and expected.kind is NameKind.SHARD
             and error.code in REDIRECT_CODES
-            and not expected.index
+            and (not expected.index or expected.command is Command.UNSUBSCRIBE)
         ):
             self._redirected(expected, error, events)
             return
@@ -1221,15 +1290,18 @@ class MultiplexerCore:
                 self._drop_refused(record, error, events)
             return
         confirmed = _state.CONFIRMATIONS[Reply.UNSUBSCRIBE_CONFIRMED]
-        for record in expected.records:
+        for record in expected.records[expected.index :]:
             self._enter(record, confirmed[record.state], events)
 
     def _drop_refused(self, record: _NameRecord, error: ServerError, events: list[Event]) -> None:
         """Drop a refused name from every holder and tell each of them."""
+        self._drop_holders(record, error, events)
+        self._enter(record, _state.REJECTIONS[record.state], events)
+
+    def _drop_holders(self, record: _NameRecord, error: ServerError, events: list[Event]) -> None:
         name = record.name
         for sub in record.held_by():
             del sub.names[name]
             events.append(NameRejected(sub.owner, name, error))
         record.holders = None
         record.snapshot = None
-        self._enter(record, _state.REJECTIONS[record.state], events)
