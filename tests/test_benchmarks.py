@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,3 +46,26 @@ def test_core_churn_runs() -> None:
     out = run("benchmarks/core_churn.py", "--names", "2000", "--rounds", "1")
     assert out.splitlines()[-1].startswith("core / parse alone: ")
     assert float(out.splitlines()[-1].split(": ")[1]) > 0
+
+
+@pytest.mark.redis7  # SSUBSCRIBE, CLUSTER SHARDS, CLUSTER ADDSLOTSRANGE
+def test_cluster_throughput_runs() -> None:
+    out = run("benchmarks/cluster_throughput.py", "--quick")
+    lines = out.splitlines()
+    assert "ok: every consumer received exactly 9,000 messages, each name its share" in lines
+    pairs = {(driver, mode) for driver in ("asyncio", "trio") for mode in ("backlog", "live")}
+    # driver, mode, consumer, then deliveries/s, cpu deliveries/s, ratio, cpu ratio
+    rows = [line.split() for line in lines if line.startswith(("asyncio ", "trio "))]
+    assert {(row[0], row[1], " ".join(row[2:-4])) for row in rows} == {
+        (driver, mode, consumer)
+        for driver, mode in pairs
+        for consumer in ("three multiplexers", "cluster")
+    }
+    for row in rows:
+        assert all(float(value.replace(",", "")) > 0 for value in row[-4:]), row
+    ratios = dict(line.split(": ", 1) for line in lines if line.startswith("cluster / three"))
+    assert set(ratios) == {f"cluster / three multiplexers [{d}, {m}]" for d, m in pairs}
+    for shown in ratios.values():
+        value, verdict = shown.split(" ", 1)
+        assert float(value) > 0
+        assert verdict in ("(goal >= 0.8: PASS)", "(goal >= 0.8: MISS)")
