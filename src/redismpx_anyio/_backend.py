@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import anyio
 import anyio.abc
 
-from redismpx_core import ConnectionLost, RedisMPXError, SentinelQuery, Settings
+from redismpx_core import ConnectionLost, SentinelQuery, Settings
 from redismpx_core._errors import describe_cause
-from redismpx_core._sentinel import format_address
+from redismpx_core._sentinel import find_master, format_address
 
 __all__ = ("map_exceptions", "open_stream")
-
-logger = logging.getLogger("redismpx")
 
 #: What a broken or refused connection raises under anyio, on either backend.
 _IO_ERRORS = (
@@ -52,7 +50,7 @@ async def open_stream(settings: Settings) -> anyio.abc.ByteStream:
         assert settings.host is not None
         assert settings.port is not None
         return await _connect(settings, settings.host, settings.port)
-    host, port = await _find_master(settings)
+    host, port = await find_master(settings, partial(_ask_in_time, settings))
     try:
         return await _connect(settings, host, port)
     except ConnectionLost as exc:
@@ -72,38 +70,12 @@ async def _connect(settings: Settings, host: str, port: int) -> anyio.abc.ByteSt
         return await anyio.connect_tcp(host, port)
 
 
-async def _find_master(settings: Settings) -> tuple[str, int]:
-    """Ask the sentinels in turn where the master is; the first answer wins."""
-    assert settings.master_name is not None
-    failures: list[str] = []
-    for host, port in settings.sentinels:
-        where = format_address(host, port)
-        query = SentinelQuery(
-            settings.master_name,
-            username=settings.sentinel_username,
-            password=settings.sentinel_password,
-        )
-        address = None
-        try:
-            with map_exceptions(), anyio.move_on_after(settings.connect_timeout):
-                address = await _ask_sentinel(host, port, query)
-        except RedisMPXError as exc:
-            failures.append(f"{where}: {exc}")
-            continue
-        if address is None:
-            failures.append(f"{where}: no answer within connect_timeout")
-            continue
-        logger.info(
-            "redismpx sentinel %s gives master %r at %s",
-            where,
-            settings.master_name,
-            format_address(*address),
-        )
-        return address
-    raise ConnectionLost(
-        f"no sentinel gave the address of master {settings.master_name!r} "
-        f"({'; '.join(failures)})"
-    )
+async def _ask_in_time(
+    settings: Settings, host: str, port: int, query: SentinelQuery
+) -> tuple[str, int] | None:
+    with map_exceptions(), anyio.move_on_after(settings.connect_timeout):
+        return await _ask_sentinel(host, port, query)
+    return None
 
 
 async def _ask_sentinel(host: str, port: int, query: SentinelQuery) -> tuple[str, int]:

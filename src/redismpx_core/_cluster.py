@@ -57,8 +57,14 @@ from ._events import (
     Event,
     NameRejected,
 )
-from ._handles import Promise, Subscription, SubscriptionKind
-from ._names import coerce_name, coerce_names, escape_glob
+from ._handles import (
+    Promise,
+    Subscription,
+    SubscriptionKind,
+    new_promise_subscription,
+    pattern_to_add,
+)
+from ._names import coerce_name, coerce_names
 from ._slots import key_slot
 from ._statistics import Statistics
 from ._topology import Node, Topology, parse_cluster_shards, parse_cluster_slots
@@ -215,11 +221,7 @@ class ClusterCore:
 
     def add_pattern(self, sub: Subscription, pattern: object) -> list[Event]:
         self._check_sub(sub)
-        if sub.kind is not SubscriptionKind.PATTERN:
-            raise TypeError(f"add_pattern() needs a pattern subscription, not {sub.kind.value}")
-        name = coerce_name(pattern, "pattern")
-        if sub.names:
-            raise ValueError("a pattern subscription holds exactly one pattern")
+        name = pattern_to_add(sub, pattern)
         events = self._home_core().add_pattern(self._node_handle(sub, self._home), name)
         sub.names[name] = None
         return events
@@ -227,11 +229,8 @@ class ClusterCore:
     def open_promise_subscription(
         self, prefix: object, owner: Any = None
     ) -> tuple[Subscription, list[Event]]:
-        raw = coerce_name(prefix, "prefix")
+        handle = new_promise_subscription(prefix, owner)
         self._check_open()
-        handle = Subscription(SubscriptionKind.PROMISE, owner)
-        handle.prefix = raw
-        handle.pattern = escape_glob(raw) + b"*"
         self._placements[handle] = {}
         self._by_owner[handle.owner] = handle
         events = self._place_promises(handle, self._home)

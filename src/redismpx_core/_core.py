@@ -55,8 +55,14 @@ from ._events import (
     PublishFailed,
     SubscriptionDisconnected,
 )
-from ._handles import Promise, Subscription, SubscriptionKind
-from ._names import coerce_name, coerce_names, escape_glob
+from ._handles import (
+    Promise,
+    Subscription,
+    SubscriptionKind,
+    new_promise_subscription,
+    pattern_to_add,
+)
+from ._names import coerce_name, coerce_names
 from ._resp import NOT_ENOUGH_DATA, FrameReader, ParseError, PushFrame, ReplyError, pack_command
 from ._settings import DEFAULT_MAX_FRAME_SIZE
 from ._slots import key_slot
@@ -381,22 +387,14 @@ class MultiplexerCore:
     def add_pattern(self, sub: Subscription, pattern: object) -> list[Event]:
         """Give an empty pattern subscription its one pattern."""
         self._check_sub(sub)
-        if sub.kind is not SubscriptionKind.PATTERN:
-            raise TypeError(f"add_pattern() needs a pattern subscription, not {sub.kind.value}")
-        name = coerce_name(pattern, "pattern")
-        if sub.names:
-            raise ValueError("a pattern subscription holds exactly one pattern")
-        return self._add(sub, [name])
+        return self._add(sub, [pattern_to_add(sub, pattern)])
 
     def open_promise_subscription(
         self, prefix: object, owner: Any = None
     ) -> tuple[Subscription, list[Event]]:
         """A promise subscription: one PSUBSCRIBE on ``prefix`` (escaped) followed by ``*``."""
-        raw = coerce_name(prefix, "prefix")
+        sub = new_promise_subscription(prefix, owner)
         self._check_open()
-        sub = Subscription(SubscriptionKind.PROMISE, owner)
-        sub.prefix = raw
-        sub.pattern = escape_glob(raw) + b"*"
         self._subscriptions[sub] = None
         return sub, self._add(sub, [sub.pattern])
 

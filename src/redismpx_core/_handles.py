@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._names import coerce_name, escape_glob
 from ._state import IdentityEnum, NameKind
 
-__all__ = ("Promise", "Subscription", "SubscriptionKind")
+__all__ = (
+    "Promise",
+    "Subscription",
+    "SubscriptionKind",
+    "new_promise_subscription",
+    "pattern_to_add",
+)
 
 
 class SubscriptionKind(IdentityEnum):
@@ -79,3 +86,22 @@ class Promise:
     def __repr__(self) -> str:
         state = "settled" if self.settled else f"due {self.deadline:.3f}"
         return f"<Promise {self.channel!r} {state}>"
+
+
+def new_promise_subscription(prefix: object, owner: Any) -> Subscription:
+    """A promise subscription's handle: its pattern is ``prefix`` (escaped) then ``*``."""
+    raw = coerce_name(prefix, "prefix")
+    sub = Subscription(SubscriptionKind.PROMISE, owner)
+    sub.prefix = raw
+    sub.pattern = escape_glob(raw) + b"*"
+    return sub
+
+
+def pattern_to_add(sub: Subscription, pattern: object) -> bytes:
+    """``pattern``, checked as the one pattern an empty pattern subscription may take."""
+    if sub.kind is not SubscriptionKind.PATTERN:
+        raise TypeError(f"add_pattern() needs a pattern subscription, not {sub.kind.value}")
+    name = coerce_name(pattern, "pattern")
+    if sub.names:
+        raise ValueError("a pattern subscription holds exactly one pattern")
+    return name

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import trio
 
-from redismpx_core import ConnectionLost, RedisMPXError, SentinelQuery, Settings
+from redismpx_core import ConnectionLost, SentinelQuery, Settings
 from redismpx_core._errors import describe_cause
-from redismpx_core._sentinel import format_address
+from redismpx_core._sentinel import find_master, format_address
 
 __all__ = ("map_exceptions", "open_stream")
-
-logger = logging.getLogger("redismpx")
 
 #: A sentinel's answer is a few dozen bytes.
 _SENTINEL_READ_SIZE = 4096
@@ -56,7 +54,7 @@ async def open_stream(settings: Settings) -> trio.abc.Stream:
         assert settings.host is not None
         assert settings.port is not None
         return await _connect(settings, settings.host, settings.port)
-    host, port = await _find_master(settings)
+    host, port = await find_master(settings, partial(_ask_in_time, settings))
     try:
         return await _connect(settings, host, port)
     except ConnectionLost as exc:
@@ -81,39 +79,13 @@ async def _connect(settings: Settings, host: str, port: int) -> trio.abc.Stream:
         return await trio.open_tcp_stream(host, port)
 
 
-async def _find_master(settings: Settings) -> tuple[str, int]:
-    """Ask the sentinels in turn where the master is; the first answer wins."""
-    assert settings.master_name is not None
-    failures: list[str] = []
+async def _ask_in_time(
+    settings: Settings, host: str, port: int, query: SentinelQuery
+) -> tuple[str, int] | None:
     timeout = math.inf if settings.connect_timeout is None else settings.connect_timeout
-    for host, port in settings.sentinels:
-        where = format_address(host, port)
-        query = SentinelQuery(
-            settings.master_name,
-            username=settings.sentinel_username,
-            password=settings.sentinel_password,
-        )
-        address = None
-        try:
-            with map_exceptions(), trio.move_on_after(timeout):
-                address = await _ask_sentinel(host, port, query)
-        except RedisMPXError as exc:
-            failures.append(f"{where}: {exc}")
-            continue
-        if address is None:
-            failures.append(f"{where}: no answer within connect_timeout")
-            continue
-        logger.info(
-            "redismpx sentinel %s gives master %r at %s",
-            where,
-            settings.master_name,
-            format_address(*address),
-        )
-        return address
-    raise ConnectionLost(
-        f"no sentinel gave the address of master {settings.master_name!r} "
-        f"({'; '.join(failures)})"
-    )
+    with map_exceptions(), trio.move_on_after(timeout):
+        return await _ask_sentinel(host, port, query)
+    return None
 
 
 async def _ask_sentinel(host: str, port: int, query: SentinelQuery) -> tuple[str, int]:
