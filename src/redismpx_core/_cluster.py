@@ -90,6 +90,7 @@ class ClusterCore:
         random: Callable[[], float],
         refresh_interval: float = REFRESH_INTERVAL,
         min_refresh_interval: float = MIN_REFRESH_INTERVAL,
+        tls: bool = False,
         **core_options: Any,
     ) -> None:
         if not startup:
@@ -110,6 +111,8 @@ class ClusterCore:
         MultiplexerCore(random=random, cluster=True, **core_options)
         self.refresh_interval = float(refresh_interval)
         self.min_refresh_interval = float(min_refresh_interval)
+        # Nodes are reached over TLS: a node's address is its TLS port.
+        self.tls = tls
 
         self.topology: Topology | None = None
         self._subscribers: dict[Node, MultiplexerCore] = {}
@@ -500,7 +503,7 @@ class ClusterCore:
             if self._use_cluster_slots:
                 topology = parse_cluster_slots(event.reply, node)
             else:
-                topology = parse_cluster_shards(event.reply, node)
+                topology = parse_cluster_shards(event.reply, node, tls=self.tls)
         except ProtocolError:
             self._control = self._next_candidate(node)
             self._refresh_wanted = True

@@ -61,6 +61,8 @@ class ClusterMultiplexerBase(MultiplexerBase):
             settings = Settings.from_url(url, **options)
             if settings.scheme == "unix":
                 raise ValueError("a cluster node is reached over TCP, not a unix socket")
+            if settings.sentinels:
+                raise ValueError("a cluster is found through its startup nodes, not sentinels")
             if settings.db != 0:
                 raise ValueError("Redis Cluster has only database 0")
             assert settings.host is not None
@@ -86,6 +88,7 @@ class ClusterMultiplexerBase(MultiplexerBase):
             self._startup_nodes,
             random=self._random,
             refresh_interval=self._refresh_interval,
+            tls=self.settings.scheme == "rediss",
             **self.settings.core_options(),
         )
 

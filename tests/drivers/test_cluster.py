@@ -258,5 +258,7 @@ def test_construction_errors(driver: Driver) -> None:
         ClusterMultiplexer(["redis://h:7000/2"])
     with pytest.raises(ValueError, match="port"):
         ClusterMultiplexer(["redis://h:notaport"])
+    with pytest.raises(ValueError, match="sentinels"):
+        ClusterMultiplexer(["redis+sentinel://h:26379/mymaster"])
     with pytest.raises(ValueError, match="refresh_interval"):
         ClusterMultiplexer(["redis://h:7000"], refresh_interval=0)
