@@ -334,3 +334,29 @@ def test_bad_construction() -> None:
         ClusterCore(NODES, random=lambda: 0.5, refresh_interval=0)
     with pytest.raises(ValueError, match="protocol"):
         ClusterCore(NODES, random=lambda: 0.5, protocol=4)
+
+
+def test_the_topology_is_asked_again_periodically() -> None:
+    cluster = FakeCluster(NODES)
+    router = ClusterCore(
+        NODES[:1], random=lambda: 0.5, health_check_interval=None, refresh_interval=2.0
+    )
+    net = Harness(cluster, router)
+    net.settle(horizon=1.0)
+    assert cluster.shards_queries == 1
+    assert router.next_deadline() == net.now + 2.0
+    # A slot none of our names is in moves: nothing tells us, until the next refresh,
+    # after which a publish goes straight to the new owner.
+    slot = key_slot(b"c")
+    destination = next(n for n in NODES if n != cluster.owners[slot])
+    cluster.move_slot(slot, destination)
+    net.settle(horizon=1.0)
+    assert router.topology is not None
+    assert router.topology.owner(slot) != destination
+    net.now = router.next_deadline()  # type: ignore[assignment]
+    net.take(router.handle_timeout(net.now))
+    net.settle(horizon=1.0)
+    assert cluster.shards_queries == 2
+    assert router.topology.owner(slot) == destination
+    assert router.publish_target(b"c", sharded=True) in (None, ("commands", destination))
+    assert ("commands", destination) in router.connections()
