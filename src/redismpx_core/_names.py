@@ -26,8 +26,14 @@ def coerce_name(name: object, what: str = "name") -> bytes:
 def coerce_names(names: Iterable[object], what: str = "name") -> list[bytes]:
     """Coerce every name first, so that a bad one leaves nothing half-changed.
 
-    Duplicates are dropped, keeping the first occurrence's order.
+    Duplicates are dropped, keeping the first occurrence's order. A single ``str`` or
+    ``bytes`` is refused: iterating it would give its letters, not one name.
     """
+    if isinstance(names, str | bytes | bytearray | memoryview):
+        raise TypeError(
+            f"expected an iterable of {what}s, not a single {type(names).__name__} "
+            f"(wrap it in a list)"
+        )
     return list(dict.fromkeys(coerce_name(n, what) for n in names))
 
 

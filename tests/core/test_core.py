@@ -988,3 +988,15 @@ def test_a_batch_of_confirmations_is_one_activation_event_per_subscriber_in_a_ro
     assert events == activated("A", *names) + activated("B", "n1999")
     # Joining names already active: one event for the whole add.
     assert core.add(b, names[:3]) == activated("B", *names[:3])
+
+
+@pytest.mark.parametrize("single", ["news", b"news"])
+def test_a_single_name_is_not_taken_for_its_letters(single: object) -> None:
+    core = ready_core()
+    sub = core.open_subscription(SubscriptionKind.CHANNEL)
+    with pytest.raises(TypeError, match="iterable"):
+        core.add(sub, single)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="iterable"):
+        core.remove(sub, single)  # type: ignore[arg-type]
+    assert sub.names == {}
+    assert core.data_to_send() == b""
