@@ -581,6 +581,8 @@ class MultiplexerCore:
         if self.state not in (ConnectionState.HANDSHAKING, ConnectionState.READY):
             raise ConnectionLost("not connected")
         self._publish_seq += 1
+        if self._dirty:
+            self._flush_names()  # changes made before the publish go out before it
         self._out += pack_command(b"SPUBLISH" if sharded else b"PUBLISH", name, data)
         self._expected.append(_Expected(_PUBLISH, token=self._publish_seq))
         return self._publish_seq
@@ -756,6 +758,20 @@ class MultiplexerCore:
             messages_delivered=messages_delivered,
             messages_dropped=messages_dropped,
             promises_pending=sum(1 for _, _, p in self._promise_heap if not p.settled),
+        )
+
+    def wanted_counts(self) -> tuple[int, int, int]:
+        """Names some subscription holds: (channels, patterns, shard channels).
+
+        Promise prefixes count as patterns. Each new connection subscribes these; the
+        drivers log the counts once per handshake (a pass over every name: not for a
+        hot path).
+        """
+        records = self._records
+        return (
+            sum(1 for r in records[NameKind.CHANNEL].values() if r.holders is not None),
+            sum(1 for r in records[NameKind.PATTERN].values() if r.holders is not None),
+            sum(1 for r in records[NameKind.SHARD].values() if r.holders is not None),
         )
 
     def next_reconnect_delay(self) -> float:

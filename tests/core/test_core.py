@@ -1000,3 +1000,14 @@ def test_a_single_name_is_not_taken_for_its_letters(single: object) -> None:
         core.remove(sub, single)  # type: ignore[arg-type]
     assert sub.names == {}
     assert core.data_to_send() == b""
+
+
+def test_a_publish_goes_out_after_the_changes_made_before_it() -> None:
+    core = ready_core(protocol=3)
+    sub = core.open_subscription(SubscriptionKind.CHANNEL)
+    core.add(sub, [b"a"])
+    core.data_to_send()
+    core.receive_data(frame(3, "subscribe", "a", 1), 0.0)
+    core.remove(sub, [b"a"])
+    core.publish(b"a", b"x")
+    assert core.data_to_send() == arr("UNSUBSCRIBE", "a") + arr("PUBLISH", "a", "x")
