@@ -157,3 +157,4 @@ def test_request_checks_its_arguments() -> None:
     with pytest.raises(TypeError):
         core.request("CLUSTER")  # type: ignore[arg-type]
     assert core.data_to_send() == b""
+
