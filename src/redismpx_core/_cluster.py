@@ -78,6 +78,11 @@ ConnectionKey = tuple[Role, Node]
 REFRESH_INTERVAL: Final = 30.0
 #: Seconds at least between two topology queries, by default.
 MIN_REFRESH_INTERVAL: Final = 0.1
+#: Topologies in a row that must still name a node that gave up a slot (it
+#: unsubscribed the slot's names itself) before the router believes them: a node asked
+#: just after a failover may not have heard of it, and the old master, now a replica,
+#: would take the names back and serve them second-hand.
+DISTRUST_REFRESHES: Final = 10
 
 
 class ClusterCore:
@@ -129,6 +134,9 @@ class ClusterCore:
         self._control = self._startup[0]
         # Slot owners learnt from MOVED replies since the last refresh.
         self._redirects: dict[int, Node] = {}
+        # Slots whose owner unsubscribed their names itself: slot -> (that node, the
+        # refresh count then). See DISTRUST_REFRESHES.
+        self._given_up: dict[int, tuple[Node, int]] = {}
         # Events of cores closed on the router's own initiative, for the next output.
         self._held: list[Event] = []
         self._use_cluster_slots = False
@@ -356,9 +364,17 @@ class ClusterCore:
         return groups
 
     def _owner(self, slot: int) -> Node | None:
+        """Where the slot's names go now; None while unknown (the names wait)."""
         node = self._redirects.get(slot)
-        if node is None and self.topology is not None:
-            node = self.topology.owner(slot)
+        if node is not None or self.topology is None:
+            return node
+        node = self.topology.owner(slot)
+        given_up = self._given_up.get(slot)
+        if given_up is not None and given_up[0] == node:
+            if self.refreshes - given_up[1] < DISTRUST_REFRESHES:
+                self._refresh_wanted = True
+                return None
+            del self._given_up[slot]  # it still says so: the slot did come back
         return node
 
     def _check_open(self) -> None:
@@ -524,11 +540,14 @@ class ClusterCore:
         self.topology = topology
         self._known.update(dict.fromkeys(topology.nodes))
         self._redirects.clear()
+        for slot, (gave_up, _) in list(self._given_up.items()):
+            if topology.owner(slot) != gave_up:
+                del self._given_up[slot]  # the cluster has moved on
         events: list[Event] = []
         for sub, homes in self._homes.items():
             moves: dict[tuple[Node | None, Node | None], list[bytes]] = {}
             for name, node in homes.items():
-                owner = topology.owner(key_slot(name))
+                owner = self._owner(key_slot(name))
                 if owner != node:
                     moves.setdefault((node, owner), []).append(name)
             for (old, new), names in moves.items():
@@ -570,6 +589,9 @@ class ClusterCore:
         homes[event.name] = None
         target = _redirect_target(event.error, node) if event.error.code == "MOVED" else None
         slot = _redirect_slot(event.error)
+        if target is None and event.error.code == "MOVED":
+            # The node unsubscribed the name itself: it gave up the slot.
+            self._given_up[key_slot(event.name)] = (node, self.refreshes)
         if target is not None and target != node and slot is not None:
             self._redirects[slot] = target
             self._held += self._subscriber(target).add(

@@ -26,6 +26,10 @@ class FakeCluster:
         self.owners = [nodes[slot // share] for slot in range(SLOTS)]
         self.down: set[Node] = set()
         self.shards_queries = 0
+        # A node's own view of the slot owners, where it lags (gossip not heard yet).
+        self.views: dict[Node, list[Node]] = {}
+        # Demoted masters: a replica serves its master's shard channels, as in Redis.
+        self.replica_of: dict[Node, Node] = {}
 
     def connect(self, node: Node) -> FakeConnection | None:
         """A new connection to ``node``, or None if it is down (connection refused)."""
@@ -43,6 +47,17 @@ class FakeCluster:
             for conn in list(self.servers[old].connections):
                 assert isinstance(conn, _FakeNodeConnection)
                 conn.lose_slot(slot)
+
+    def failover(self, old: Node, new: Node, *, stale: tuple[Node, ...] = ()) -> None:
+        """``new`` takes every slot of ``old``, which becomes its replica and unsubscribes
+        its subscribers of those slots itself; the ``stale`` nodes have not heard yet."""
+        before = list(self.owners)
+        for node in stale:
+            self.views[node] = before
+        for slot, owner in enumerate(before):
+            if owner == old:
+                self.move_slot(slot, new)
+        self.replica_of[old] = new
 
     def kill(self, node: Node) -> None:
         """The node dies: its connections close, and its slots go to the next live node."""
@@ -71,14 +86,15 @@ class FakeCluster:
         """Every node with a connection subscribed to shard channel ``name``."""
         return [node for node, server in self.servers.items() if server.shardnumsub(name)]
 
-    def shards_reply(self) -> list[object]:
-        """``CLUSTER SHARDS`` as RESP2 carries it (maps as flat lists)."""
+    def shards_reply(self, asked: Node) -> list[object]:
+        """``CLUSTER SHARDS`` as RESP2 carries it (maps as flat lists), as ``asked`` sees it."""
         shards = []
+        owners = self.views.get(asked, self.owners)
         for node in self.nodes:
             if node in self.down:
                 continue
             ranges: list[int] = []
-            for slot, owner in enumerate(self.owners):
+            for slot, owner in enumerate(owners):
                 if owner != node:
                     continue
                 if ranges and ranges[-1] == slot - 1:
@@ -122,7 +138,7 @@ class _FakeNodeConnection(FakeConnection):
         name = command[0].lower()
         if name == b"cluster" and len(command) == 2 and command[1].upper() == b"SHARDS":
             self.server.cluster.shards_queries += 1
-            self._reply(self.server.cluster.shards_reply())
+            self._reply(self.server.cluster.shards_reply(self.server.node))
             return
         if name in _SLOT_CHECKED and len(command) > 1:
             names = command[1:2] if name == b"spublish" else command[1:]
@@ -131,8 +147,12 @@ class _FakeNodeConnection(FakeConnection):
                 self._reply(RespError("CROSSSLOT Keys in request don't hash to the same slot"))
                 return
             slot = slots.pop()
-            owner = self.server.cluster.owners[slot]
-            if owner != self.server.node:
+            cluster = self.server.cluster
+            owner = cluster.owners[slot]
+            serves = owner == self.server.node or (
+                name != b"spublish" and cluster.replica_of.get(self.server.node) == owner
+            )
+            if not serves:
                 self._reply(RespError(f"MOVED {slot} {owner.host}:{owner.port}"))
                 return
         super()._execute(command)

@@ -360,3 +360,31 @@ def test_the_topology_is_asked_again_periodically() -> None:
     assert router.topology.owner(slot) == destination
     assert router.publish_target(b"c", sharded=True) in (None, ("commands", destination))
     assert ("commands", destination) in router.connections()
+
+
+def test_a_stale_topology_does_not_send_names_back_to_a_demoted_master() -> None:
+    """After a failover the old master unsubscribes its names, and the node we ask for
+    the topology may not have heard of the failover yet. The old master, now a
+    replica, would take the names back: the router waits for a topology that agrees."""
+    cluster = FakeCluster(NODES)
+    router = new_router()  # asks NODES[0] for the topology
+    net = Harness(cluster, router)
+    old, new = NODES[2], NODES[1]
+    names = [n for n in POOL if cluster.owner(n) == old][:2]
+    assert names
+    handle = router.open_subscription(SubscriptionKind.SHARD, Owner("x"))
+    net.take(router.add(handle, names))
+    net.settle()
+    cluster.failover(old, new, stale=(NODES[0],))
+    net.settle(horizon=0.05)
+    for _ in range(3):  # a few stale answers, not yet enough to believe them
+        net.now = router.next_deadline()  # type: ignore[assignment]
+        net.take(router.handle_timeout(net.now))
+        net.settle(horizon=0.05)
+    assert cluster.shards_queries == 4
+    assert all(cluster.shard_holders(n) == [] for n in names)
+    assert not any(router.is_active(handle, n) for n in names)
+    cluster.views.clear()  # the news reaches the node we ask
+    net.settle()
+    assert all(cluster.shard_holders(n) == [new] for n in names)
+    assert all(router.is_active(handle, n) for n in names)
