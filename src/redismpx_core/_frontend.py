@@ -61,6 +61,7 @@ __all__ = (
     "Runner",
     "ShardedSubscription",
     "Signal",
+    "log_handshake",
 )
 
 logger = logging.getLogger("redismpx")
@@ -142,6 +143,28 @@ def _check_callable(label: str, fn: object, *, optional: bool = False) -> None:
 def _report(label: str, exc: BaseException) -> None:
     """A user callback raised: log it on the ``redismpx`` logger, affect nothing else."""
     logger.error("redismpx: %s raised %s", label, type(exc).__name__, exc_info=exc)
+
+
+def log_handshake(role: str, target: str, core: MultiplexerCore) -> None:
+    """A runner's connection completed its handshake: one INFO line, with how many
+    names it now (re)subscribes. Counts only, never a name or a payload; ``target``
+    is the redacted URL (no password)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    counts = core.wanted_counts()
+    names = ""
+    if any(counts):
+        verb = "resubscribing" if core.connections_made > 1 else "subscribing"
+        words = ("channel", "pattern", "shard channel")
+        listed = [f"{n} {w}{'' if n == 1 else 's'}" for n, w in zip(counts, words, strict=True)]
+        names = f"; {verb} {', '.join(listed)}"
+    logger.info(
+        "redismpx %s handshake completed with %s (RESP%d)%s",
+        role,
+        target,
+        core.protocol,
+        names,
+    )
 
 
 def _buffer_options(
