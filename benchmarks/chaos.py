@@ -1,6 +1,7 @@
 """Chaos: random faults against a busy multiplexer, and every promise of SPEC section 3 checked.
 
     python benchmarks/chaos.py --rounds N --driver anyio-asyncio|anyio-trio|trio [--seed S]
+        [--cluster] [--faults KIND,...] [--rate R] [--verbose]
 
 It starts its own ``redis-server`` and a fault-injecting proxy (``tests/fault_proxy.py``;
 the server and the proxy are the test suite's own fixtures), and runs one multiplexer
@@ -10,7 +11,8 @@ through the proxy with every kind of subscription:
   (each channel by 4 of them; sync and async callbacks), the other 100 added and removed
   all the time by 6 churn subscriptions, which are also closed and replaced now and then;
 * 10 patterns "p:K:*", each held by a sync and an async subscription; 50 shard channels
-  "s:0".."s:49" held by a sync and an async sharded subscription;
+  ("s:0".."s:44", and "s:{g}:0".."s:{g}:4" in one slot) held by a sync and an async
+  sharded subscription;
 * three iterators (channels, shard channels, one pattern) that follow the names of
   a stable subscription;
 * a promise subscription making promises all the time, most of them fulfilled;
@@ -37,6 +39,25 @@ the churn, and checks:
 After the last round it closes the multiplexer and checks that no task and no file
 descriptor is left, and that the server holds none of its names. It prints one line per
 figure and, last, ``chaos: N faults, V violations``; the exit status is 1 if V > 0.
+
+``--cluster`` runs a ClusterMultiplexer instead, against a Redis Cluster of 3 masters
+with a replica each (``tests/redis_cluster.py``, the test suite's fixture), with the
+same subscriptions: the shard channels spread over every master, the channels,
+patterns and promises on the multiplexer's home node. The publisher keeps a socket per
+node: SPUBLISH to the master owning the slot (a MOVED reply re-routes the next ones),
+PUBLISH to the home node. The faults, in a random order that has each kind once every
+five rounds: a slot holding subscribed names migrated to another master (``migrate``),
+``CLUSTER FAILOVER`` of a master (``failover``), SIGKILL of a master until its replica
+has taken over, then the node restarted as a replica (``kill-master``), and
+``CLIENT KILL TYPE pubsub`` or the output buffer limit on a node carrying names. The
+checks are the same, node by node: each shard name counted once by SHARDNUMSUB on the
+master owning its slot and by no other node, the channels and patterns on the home
+only. The names a fault must re-activate are those on the node that lost its
+connections, or whose slot changed master; each subscription holding names on a node
+that lost its connection gets exactly one ``on_disconnect``, and none when names only
+move (a migration, a failover: the connection stays up). A channel or pattern message
+published before a re-activation may arrive twice or late when the home moves (it
+travels the cluster bus, which Redis orders per node only): that is counted apart.
 """
 
 from __future__ import annotations
@@ -51,7 +72,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -64,6 +85,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fault_proxy import FaultProxy  # noqa: E402
+from redis_cluster import RedisCluster  # noqa: E402
 from redis_servers import RedisServer, encode_command  # noqa: E402
 
 DRIVERS = {
@@ -72,6 +94,9 @@ DRIVERS = {
     "trio": ("redismpx_trio", "trio"),
 }
 FAULTS = ("cut", "half-open", "sigkill", "sigstop", "client-kill", "output-buffer-limit")
+CLUSTER_FAULTS = ("migrate", "failover", "kill-master", "client-kill", "output-buffer-limit")
+#: The faults that cost a node its connections (the others move names between masters).
+LOSSY_CLUSTER_FAULTS = frozenset({"kill-master", "client-kill", "output-buffer-limit"})
 
 #: Short timers, so that a round takes about a second.
 TIMERS: dict[str, Any] = {
@@ -90,7 +115,11 @@ STABLE_CHANNELS = [b"c:%d" % i for i in range(100)]
 CHURN_CHANNELS = [b"c:%d" % i for i in range(100, 200)]
 PATTERNS = [b"p:%d:*" % k for k in range(10)]
 PATTERN_CHANNELS = {p: [p[:-1] + b"%d" % j for j in range(5)] for p in PATTERNS}
-SHARD_CHANNELS = [b"s:%d" % i for i in range(50)]
+ALL_CHANNELS = STABLE_CHANNELS + CHURN_CHANNELS
+#: 50 shard channels: 45 on slots of their own, and 5 sharing one slot (a hash tag), so
+#: that a migration of that slot moves them together.
+SHARD_GROUP = [b"s:{g}:%d" % i for i in range(5)]
+SHARD_CHANNELS = [b"s:%d" % i for i in range(45)] + SHARD_GROUP
 PROMISE_PREFIX = b"prom:"
 BIG_PAYLOAD = b"big:" + b"x" * 200_000
 
@@ -125,19 +154,15 @@ class Publisher(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        sock: socket.socket | None = None
         due = time.monotonic()
         while not self.stopping.is_set():
             now = time.monotonic()
             if now < due:
                 time.sleep(due - now)
             due = max(due + self.tick, time.monotonic() - 0.1)
-            if sock is None:
-                try:
-                    sock = socket.create_connection(self.address, timeout=0.5)
-                except OSError:
-                    time.sleep(0.02)
-                    continue
+            if not self.ready():
+                time.sleep(0.02)
+                continue
             with self.lock:
                 first = self.next_seq
                 self.next_seq += self.per_tick
@@ -147,27 +172,52 @@ class Publisher(threading.Thread):
             ]
             while self.extra:
                 batch.append(self.extra.popleft())
-            replies = self._send(sock, batch)
-            if replies is None:
-                sock.close()
-                sock = None
+            replies = self.send(batch)
             with self.lock:
-                for (_, channel, payload), reply in zip(
-                    batch, replies or [None] * len(batch), strict=True
-                ):
+                for (command, channel, payload), reply in zip(batch, replies, strict=True):
                     if not payload[:1].isdigit():
                         continue
-                    if isinstance(reply, int):
+                    if self.counts(command, reply):
                         self.confirmed[channel].append(int(payload))
                         self.published += 1
                     else:
                         self.unconfirmed += 1
                 self.settled = first + self.per_tick
-        if sock is not None:
-            sock.close()
+        self.close()
 
     @staticmethod
-    def _send(sock: socket.socket, batch: list[tuple[bytes, bytes, bytes]]) -> list[Any] | None:
+    def counts(command: bytes, reply: Any) -> bool:
+        """Whether a message counts as published: Redis answered it with a count."""
+        return isinstance(reply, int)
+
+    # The connection: one socket to the one server. A cluster publisher routes instead.
+
+    sock: socket.socket | None = None
+
+    def ready(self) -> bool:
+        if self.sock is None:
+            try:
+                self.sock = socket.create_connection(self.address, timeout=0.5)
+            except OSError:
+                return False
+        return True
+
+    def send(self, batch: list[tuple[bytes, bytes, bytes]]) -> list[Any]:
+        """The replies to ``batch``, in order; None for each command that got none."""
+        assert self.sock is not None
+        replies = self._send(self.sock, batch)
+        if replies is None:
+            self.sock.close()
+            self.sock = None
+        return replies or [None] * len(batch)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    @staticmethod
+    def _send(sock: socket.socket, batch: Sequence[tuple[bytes, ...]]) -> list[Any] | None:
         reader = hiredis.Reader()
         try:
             sock.sendall(b"".join(encode_command(*command) for command in batch))
@@ -196,6 +246,44 @@ class Publisher(threading.Thread):
         with self.lock:
             for channel, seqs in self.confirmed.items():
                 self.confirmed[channel] = [s for s in seqs if s >= mark]
+
+
+#: A server's PUBSUB NUMSUB and SHARDNUMSUB of every name used here, and its NUMPAT.
+PubsubCounts = tuple[dict[bytes, int], dict[bytes, int], int]
+
+
+def pubsub_counts(server: RedisServer) -> PubsubCounts:
+    """What one server counts of the names used here (blocking)."""
+    numsub = server.command("PUBSUB", "NUMSUB", *ALL_CHANNELS)
+    shardnumsub = server.command("PUBSUB", "SHARDNUMSUB", *SHARD_CHANNELS)
+    return (
+        dict(zip(numsub[::2], numsub[1::2], strict=True)),
+        dict(zip(shardnumsub[::2], shardnumsub[1::2], strict=True)),
+        int(server.command("PUBSUB", "NUMPAT")),
+    )
+
+
+def count_differences(
+    counts: PubsubCounts, channels: set[bytes], shards: set[bytes], patterns: int, where: str = ""
+) -> list[str]:
+    """Where ``counts`` differ from one subscriber holding exactly these names."""
+    numsub, shardnumsub, numpat = counts
+    wrong = [
+        f"{where}{c.decode()}={numsub[c]}" for c in ALL_CHANNELS if numsub[c] != (c in channels)
+    ]
+    wrong += [
+        f"{where}{c.decode()}={shardnumsub[c]}"
+        for c in SHARD_CHANNELS
+        if shardnumsub[c] != (c in shards)
+    ]
+    if numpat != patterns:
+        wrong.append(f"{where}NUMPAT={numpat}")
+    return wrong
+
+
+def pubsub_total(counts: PubsubCounts) -> int:
+    numsub, shardnumsub, numpat = counts
+    return sum(numsub.values()) + sum(shardnumsub.values()) + numpat
 
 
 class Violations(Counter[str]):
@@ -229,15 +317,30 @@ class Tracked:
 
 
 class Chaos:
+    """One server behind the fault proxy; :class:`ClusterChaos` overrides the faults and
+    what the server side is checked against."""
+
+    fault_kinds: tuple[str, ...] = FAULTS
+
     def __init__(
-        self, m: ModuleType, server: RedisServer, proxy: FaultProxy, args: argparse.Namespace
+        self,
+        m: ModuleType,
+        server: RedisServer | None,
+        proxy: FaultProxy | None,
+        args: argparse.Namespace,
+        publisher: Publisher | None = None,
     ) -> None:
         self.m = m
         self.server = server
         self.proxy = proxy
         self.args = args
         self.rng = random.Random(args.seed)
-        self.publisher = Publisher(server.host, server.port, args.rate, args.seed + 1)
+        if getattr(args, "faults", None):
+            self.fault_kinds = tuple(args.faults)
+        if publisher is None:
+            assert server is not None
+            publisher = Publisher(server.host, server.port, args.rate, args.seed + 1)
+        self.publisher = publisher
         self.violations = Violations()
         self.tracked: dict[int, Tracked] = {}
         #: (subscription, name) -> publisher mark at activation, None while not active
@@ -255,27 +358,41 @@ class Chaos:
         self.recovery: dict[str, list[float]] = defaultdict(list)
         self.recovered = 0
         self.checked_messages = 0
+        self.replayed = 0
         self.extra_losses = 0
         self.promise_outcomes: Counter[str] = Counter()
         self.promises_open = 0
         self.last_fault = ""
+        self.number = 0  # the round under way
+        self.verbose = bool(getattr(args, "verbose", False))
 
     # ---- callbacks
 
     def _record(self, ident: int, channel: bytes, data: bytes) -> None:
         tracked = self.tracked.get(ident) or self.closed.get(ident)
         if tracked is not None and not self._wanted(tracked, channel):
-            self.violations.note("deliveries after a remove", f"sub {ident} got {channel!r}")
+            self.violations.note(
+                "deliveries after a remove",
+                f"sub {ident} got {channel!r} (round {self.number}, {self.last_fault})",
+            )
         if not data[:1].isdigit():
             return  # the output-buffer fault's big message
         seq = int(data)
         key = (ident, channel)
         if self.last.get(key, -1) >= seq:
+            if self._replayed(ident, channel, seq):
+                self.replayed += 1
+                return
             self.violations.note(
-                "out of order or duplicated", f"{key}: {seq} after {self.last[key]}"
+                "out of order or duplicated",
+                f"{key}: {seq} after {self.last[key]} (round {self.number}, {self.last_fault})",
             )
         self.last[key] = seq
         self.seen[key].add(seq)
+
+    def _replayed(self, ident: int, channel: bytes, seq: int) -> bool:
+        """Whether a message out of order is one that may come twice (never, here)."""
+        return False
 
     @staticmethod
     def _wanted(tracked: Tracked, channel: bytes) -> bool:
@@ -294,17 +411,27 @@ class Chaos:
 
         def on_disconnect(error: Exception) -> None:
             tracked.disconnects += 1
-            tracked.active.clear()
-            for name in tracked.names:
-                self.since[(ident, name)] = None
+            self._disconnected(tracked)
 
         def on_activation(name: bytes) -> None:
-            tracked.activations += 1
-            tracked.active.add(name)
-            if tracked.stable:
-                self.since[(ident, name)] = self.publisher.mark()
+            self._activated(tracked, name)
 
         return (on_message_async if use_async else on_message), on_disconnect, on_activation
+
+    def _activated(self, tracked: Tracked, name: bytes) -> None:
+        tracked.activations += 1
+        tracked.active.add(name)
+        if tracked.stable:
+            self.since[(tracked.ident, name)] = self.publisher.mark()
+
+    def _disconnected(self, tracked: Tracked) -> None:
+        """After ``on_disconnect``: every name of the subscription must be activated again."""
+        self._deactivate(tracked, tracked.names)
+
+    def _deactivate(self, tracked: Tracked, names: set[bytes]) -> None:
+        tracked.active -= names
+        for name in names:
+            self.since[(tracked.ident, name)] = None
 
     # ---- subscriptions
 
@@ -490,11 +617,36 @@ class Chaos:
         self.server.resume()
 
     async def round(self, mpx: Any, promises: Any, tg: Any, number: int) -> None:
-        kind = self.rng.choice(FAULTS)
+        kind = self.choose_fault()
         before = mpx.statistics().connections_lost
         for t in self.tracked.values():
             t.disconnects = 0
         started = anyio.current_time()
+        self.log(f"round {number}: {kind}")
+        await self.fault(kind, mpx, tg, number)
+        if await self.wait_for(lambda: self.all_active(promises), RECOVERY_DEADLINE):
+            self.recovered += 1
+            self.recovery[kind].append(anyio.current_time() - started)
+        else:
+            missing = sum(len(t.names - t.active) for t in self.tracked.values())
+            self.violations.note(
+                "subscriptions lost",
+                f"round {number} ({kind}): {missing} names not re-activated",
+                missing or 1,
+            )
+        await anyio.sleep(self.rng.uniform(0.05, 0.2))  # traffic on the recovered connection
+        await self.check(mpx, promises, mpx.statistics().connections_lost - before, number)
+
+    def choose_fault(self) -> str:
+        return self.rng.choice(self.fault_kinds)
+
+    def log(self, line: str) -> None:
+        if self.verbose:
+            print(f"  [{time.monotonic():.3f}] {line}", file=sys.stderr, flush=True)
+
+    async def fault(self, kind: str, mpx: Any, tg: Any, number: int) -> None:
+        """Inject one fault and wait until the multiplexer has noticed it."""
+        before = mpx.statistics().connections_lost
         await self.inject(kind, mpx, tg)
         lost = await self.wait_for(lambda: mpx.statistics().connections_lost > before, 10.0)
         if kind == "cut" and not lost:  # no traffic reached the armed offset
@@ -510,36 +662,27 @@ class Chaos:
             )
         if not lost:
             self.violations.note("faults not detected", f"round {number}: {kind}")
-        if await self.wait_for(lambda: self.all_active(promises), RECOVERY_DEADLINE):
-            self.recovered += 1
-            self.recovery[kind].append(anyio.current_time() - started)
-        else:
-            missing = sum(len(t.names - t.active) for t in self.tracked.values())
-            self.violations.note(
-                "subscriptions lost",
-                f"round {number} ({kind}): {missing} names not re-activated",
-                missing or 1,
-            )
-        await anyio.sleep(self.rng.uniform(0.05, 0.2))  # traffic on the recovered connection
-        await self.check(mpx, promises, mpx.statistics().connections_lost - before, number)
 
     async def check(self, mpx: Any, promises: Any, losses: int, number: int) -> None:
         self.churn_paused = True
         try:
             await self._check_deliveries(number)
             await self._check_server(mpx, promises, number)
-            counts = {t.disconnects for t in self.stable()}
-            churn_over = [t for t in self.churners() if t.disconnects > max(counts | {0})]
-            if len(counts) != 1 or 0 in counts or max(counts) > losses or churn_over:
-                self.violations.note(
-                    "on_disconnect not exactly one per subscription per loss",
-                    f"round {number}: stable {sorted(counts)}, "
-                    f"churn over {len(churn_over)}, losses {losses}",
-                )
-            else:
-                self.extra_losses += max(counts) - 1
+            self._check_disconnects(losses, number)
         finally:
             self.churn_paused = False
+
+    def _check_disconnects(self, losses: int, number: int) -> None:
+        counts = {t.disconnects for t in self.stable()}
+        churn_over = [t for t in self.churners() if t.disconnects > max(counts | {0})]
+        if len(counts) != 1 or 0 in counts or max(counts) > losses or churn_over:
+            self.violations.note(
+                "on_disconnect not exactly one per subscription per loss",
+                f"round {number}: stable {sorted(counts)}, "
+                f"churn over {len(churn_over)}, losses {losses}",
+            )
+        else:
+            self.extra_losses += max(counts) - 1
 
     def _obligations(self, end: int) -> list[tuple[int, bytes, int]]:
         """(subscription, channel, seq) that must have been delivered, published before ``end``."""
@@ -626,23 +769,10 @@ class Chaos:
         self, wanted_channels: set[bytes], wanted_shards: set[bytes], wanted_patterns: int
     ) -> list[str]:
         """Where the server's PUBSUB counts differ from the names wanted (blocking)."""
-        everything = STABLE_CHANNELS + CHURN_CHANNELS
-        numsub = self.server.command("PUBSUB", "NUMSUB", *everything)
-        shardnumsub = self.server.command("PUBSUB", "SHARDNUMSUB", *SHARD_CHANNELS)
-        numpat = self.server.command("PUBSUB", "NUMPAT")
-        expected = {c: int(c in wanted_channels) for c in everything}
-        counts = dict(zip(numsub[::2], numsub[1::2], strict=True))
-        expected_shards = {c: int(c in wanted_shards) for c in SHARD_CHANNELS}
-        shard_counts = dict(zip(shardnumsub[::2], shardnumsub[1::2], strict=True))
-        wrong = [f"{c.decode()}={counts[c]}" for c in everything if counts[c] != expected[c]]
-        wrong += [
-            f"{c.decode()}={shard_counts[c]}"
-            for c in SHARD_CHANNELS
-            if shard_counts[c] != expected_shards[c]
-        ]
-        if numpat != wanted_patterns:
-            wrong.append(f"NUMPAT={numpat}")
-        return wrong
+        assert self.server is not None
+        return count_differences(
+            pubsub_counts(self.server), wanted_channels, wanted_shards, wanted_patterns
+        )
 
     async def wait_for_blocking(self, condition: Callable[[], bool], deadline: float) -> bool:
         """wait_for, for a condition that blocks (it queries the server) run in a thread."""
@@ -651,6 +781,9 @@ class Chaos:
                 await anyio.sleep(0.02)
             return True
         return False
+
+    async def prepare(self) -> None:
+        """Once every name is up, before anything is published."""
 
     async def run(self, mpx: Any) -> None:
         self.build(mpx)
@@ -664,11 +797,13 @@ class Chaos:
             await tg.start(self.follow, mpx.psubscribe(*pattern_leader.names), pattern_leader)
             if not await self.wait_for(lambda: self.all_active(promises), RECOVERY_DEADLINE):
                 raise SystemExit("the subscriptions never came up")
+            await self.prepare()
             self.publisher.start()
             tg.start_soon(self.churn, mpx)
             tg.start_soon(self.make_promises, promises, tg)
             for number in range(1, self.args.rounds + 1):
                 await anyio.sleep(self.rng.uniform(0.02, 0.1))
+                self.number = number
                 await self.round(mpx, promises, tg, number)
                 if number % 50 == 0:
                     print(
@@ -682,6 +817,336 @@ class Chaos:
             await self.wait_for(lambda: self.promises_open == 0, 5.0)
             tg.cancel_scope.cancel()
         self.publisher.stopping.set()
+
+
+Address = tuple[str, int]
+#: Seconds the cluster publisher waits before it sends PUBLISH to another node.
+SWITCH_PAUSE = 0.1
+
+
+class ClusterPublisher(Publisher):
+    """The publisher of the cluster mode: one socket per node.
+
+    SPUBLISH goes to the master that owns the channel's slot, as the last CLUSTER SLOTS
+    said; a MOVED reply updates the route (that message is not counted: sending it
+    again would put it after later ones). PUBLISH goes to one node, the one that
+    carries the multiplexer's channels (:attr:`channel_target`, kept up to date by the
+    checker), so that a message needs the cluster bus only while that node is down.
+
+    A master demoted by a failover still takes SPUBLISH for its old slots, as a
+    replica of their new owner, and forwards it to the shard over the cluster bus: a
+    message it took can reach the subscribers after one sent to the new owner later.
+    So an SPUBLISH counts only if some subscriber got it straight from the node that
+    took it (a count of 1 or more); a count of 0 makes the publisher ask for the slot
+    owners again, and whenever a route changes it pauses before the next batch, long
+    enough for what the old node took to come through.
+    """
+
+    def __init__(self, cluster: RedisCluster, rate: int, seed: int) -> None:
+        first = cluster.nodes[0]
+        super().__init__(first.host, first.port, rate, seed)
+        self.slots = {name: cluster.key_slot(name) for name in SHARD_CHANNELS}
+        self.nodes: list[Address] = [(node.host, node.port) for node in cluster.nodes]
+        self.owners: dict[int, Address] = {}
+        self.channel_target: Address = self.address
+        self.channel_sent_to = self.address
+        self.rerouted = False
+        self.socks: dict[Address, socket.socket] = {}
+        self.redirected = 0
+        self.refreshed_at = 0.0
+        self.refresh()
+
+    def ready(self) -> bool:
+        return True
+
+    @staticmethod
+    def counts(command: bytes, reply: Any) -> bool:
+        return isinstance(reply, int) and (command != b"SPUBLISH" or reply > 0)
+
+    def send(self, batch: list[tuple[bytes, bytes, bytes]]) -> list[Any]:
+        replies: list[Any] = [None] * len(batch)
+        groups: dict[Address, list[int]] = defaultdict(list)
+        stale = False
+        for i, (command, channel, _) in enumerate(batch):
+            if command == b"SPUBLISH":
+                target = self.owners.get(self.slots[channel])
+            else:
+                target = self.channel_target
+            if target is None:
+                stale = True
+            else:
+                groups[target].append(i)
+        if self.rerouted or self.channel_target != self.channel_sent_to:
+            # What the last node took may still be on its way over the cluster bus,
+            # and Redis orders messages per node only.
+            time.sleep(SWITCH_PAUSE)
+            self.channel_sent_to = self.channel_target
+            self.rerouted = False
+        for address, indexes in groups.items():
+            got = self._send_to(address, [batch[i] for i in indexes])
+            if got is None:
+                stale = True
+                if address == self.channel_target:  # down: any other node will do
+                    self.channel_target = self.nodes[
+                        (self.nodes.index(address) + 1) % len(self.nodes)
+                    ]
+                continue
+            for i, reply in zip(indexes, got, strict=True):
+                replies[i] = reply
+                if isinstance(reply, hiredis.ReplyError):
+                    stale |= not self._moved(str(reply))
+                elif reply == 0 and batch[i][0] == b"SPUBLISH":
+                    stale = True  # nobody here: the name, or this node, has moved
+        if stale:
+            self.refresh()
+        return replies
+
+    def _send_to(self, address: Address, batch: Sequence[tuple[bytes, ...]]) -> list[Any] | None:
+        sock = self.socks.get(address)
+        if sock is None:
+            try:
+                sock = self.socks[address] = socket.create_connection(address, timeout=0.5)
+            except OSError:
+                return None
+        replies = self._send(sock, batch)
+        if replies is None:
+            self.socks.pop(address).close()
+        return replies
+
+    def _moved(self, error: str) -> bool:
+        """Follow ``MOVED slot host:port``; False for any other error."""
+        parts = error.split()
+        if len(parts) != 3 or parts[0] != "MOVED":
+            return False
+        host, _, port = parts[2].rpartition(":")
+        self._route(int(parts[1]), (host or "127.0.0.1", int(port)))
+        self.redirected += 1
+        return True
+
+    def _route(self, slot: int, owner: Address) -> None:
+        if self.owners.get(slot, owner) != owner:
+            self.rerouted = True
+        self.owners[slot] = owner
+
+    def refresh(self) -> None:
+        """The slot owners, from CLUSTER SLOTS on the first node that answers."""
+        if time.monotonic() - self.refreshed_at < 0.05:
+            return
+        self.refreshed_at = time.monotonic()
+        for address in self.nodes:
+            try:
+                with socket.create_connection(address, timeout=0.5) as sock:
+                    replies = self._send(sock, [(b"CLUSTER", b"SLOTS")])
+            except OSError:
+                continue
+            if not replies or not isinstance(replies[0], list):
+                continue
+            for start, end, master, *_ in replies[0]:
+                owner = (master[0].decode(), int(master[1]))
+                for slot in set(self.slots.values()):
+                    if start <= slot <= end:
+                        self._route(slot, owner)
+            return
+
+    def close(self) -> None:
+        for sock in self.socks.values():
+            sock.close()
+        self.socks.clear()
+
+
+class ClusterChaos(Chaos):
+    """The cluster mode: a ClusterMultiplexer against a RedisCluster, cluster faults.
+
+    The subscriptions and checks are the single server's. What differs: a sharded
+    subscription's names ride every master, so its ``on_disconnect`` does not say
+    which of them were lost; the fault does (the names on the node that lost its
+    connections, or the names whose slot moved), and those are the names that must be
+    activated again. The server side is checked node by node: the channels and
+    patterns on one node (the multiplexer's home) and nowhere else, each shard name on
+    the master that owns its slot and nowhere else.
+    """
+
+    fault_kinds = CLUSTER_FAULTS
+
+    def __init__(self, m: ModuleType, cluster: RedisCluster, args: argparse.Namespace) -> None:
+        self.publisher: ClusterPublisher
+        super().__init__(m, None, None, args, ClusterPublisher(cluster, args.rate, args.seed + 1))
+        self.cluster = cluster
+        self.home: RedisServer | None = None
+        #: subscription -> on_disconnect calls the round's fault owes it
+        self.expected: dict[int, int] = {}
+        self.home_lost = False
+        self.order: list[str] = []
+        #: (subscription, name) -> publisher mark at its last activation, for every one
+        self.activated_at: dict[tuple[int, bytes], int] = {}
+
+    def choose_fault(self) -> str:
+        """At random, but every kind once in each run of len(CLUSTER_FAULTS) rounds."""
+        if not self.order:
+            self.order = self.rng.sample(self.fault_kinds, len(self.fault_kinds))
+        return self.order.pop()
+
+    def _activated(self, tracked: Tracked, name: bytes) -> None:
+        super()._activated(tracked, name)
+        self.activated_at[(tracked.ident, name)] = self.publisher.mark()
+
+    def _replayed(self, ident: int, channel: bytes, seq: int) -> bool:
+        """A channel or pattern message published before the name was last activated.
+
+        Such names ride the home node; PUBLISH reaches it from whichever node took the
+        message, over the cluster bus, and Redis orders messages per node only. When
+        the home moves, a message published just before can arrive both from the old
+        home (before its connection died) and from the new one (the bus was slower
+        than the move), or arrive late. Only messages published after the activation
+        are owed in order and once.
+        """
+        tracked = self.tracked.get(dict(self.followers).get(ident, ident))
+        if tracked is None or tracked.kind == "shard":
+            return False
+        name = channel
+        if tracked.kind == "pattern":
+            name = next(p for p in tracked.names if channel.startswith(p[:-1]))
+        activated = self.activated_at.get((tracked.ident, name))
+        return activated is not None and seq < activated
+
+    def _disconnected(self, tracked: Tracked) -> None:
+        if tracked.kind != "shard":  # it rides the home node alone: all its names are lost
+            super()._disconnected(tracked)
+
+    # ---- the cluster as it is (blocking)
+
+    def shard_owners(self) -> dict[bytes, RedisServer]:
+        ranges = self.cluster.slot_owners()
+        slots = self.publisher.slots
+        return {
+            name: next(owner for start, end, owner in ranges if start <= slots[name] <= end)
+            for name in SHARD_CHANNELS
+        }
+
+    def _homes(self, counts: dict[RedisServer, PubsubCounts]) -> list[RedisServer]:
+        """The nodes holding patterns: the multiplexer's home, if there is exactly one."""
+        return [node for node, (_, _, numpat) in counts.items() if numpat]
+
+    def _set_home(self, home: RedisServer) -> None:
+        self.home = home
+        self.publisher.channel_target = (home.host, home.port)
+
+    def _locate_home(self) -> bool:
+        homes = self._homes({node: pubsub_counts(node) for node in self.cluster.reachable()})
+        if len(homes) == 1:
+            self._set_home(homes[0])
+        return len(homes) == 1
+
+    async def prepare(self) -> None:
+        if not await self.wait_for_blocking(self._locate_home, RECOVERY_DEADLINE):
+            raise SystemExit("no single node holds the patterns")
+
+    def _server_differences(
+        self, wanted_channels: set[bytes], wanted_shards: set[bytes], wanted_patterns: int
+    ) -> list[str]:
+        counts = {node: pubsub_counts(node) for node in self.cluster.reachable()}
+        homes = self._homes(counts)
+        if len(homes) != 1:
+            return [f"patterns on {len(homes)} nodes"]
+        self._set_home(homes[0])
+        owners = self.shard_owners()
+        wrong: list[str] = []
+        for node, node_counts in counts.items():
+            at_home = node is homes[0]
+            wrong += count_differences(
+                node_counts,
+                wanted_channels if at_home else set(),
+                {name for name in wanted_shards if owners[name] is node},
+                wanted_patterns if at_home else 0,
+                f"{node.port}:",
+            )
+        return wrong
+
+    # ---- faults
+
+    async def fault(self, kind: str, mpx: Any, tg: Any, number: int) -> None:
+        self.faults[kind] += 1
+        self.last_fault = kind
+        owners = await self.blocking(self.shard_owners)
+        masters = sorted(set(owners.values()), key=self.cluster.nodes.index)
+        if kind == "migrate":
+            # Half of the time the slot of the group: several names move at once.
+            picked = SHARD_GROUP[0] if self.rng.random() < 0.5 else self.rng.choice(SHARD_CHANNELS)
+            slot = self.publisher.slots[picked]
+            moving = {n for n in SHARD_CHANNELS if self.publisher.slots[n] == slot}
+            source = owners[next(iter(moving))]
+            others = [m for m in await self.blocking(self.cluster.masters) if m is not source]
+            destination = self.rng.choice(sorted(others, key=self.cluster.nodes.index))
+            self._expect(moving, None)
+            self.log(f"  slot {slot} ({len(moving)} names): {source.port} -> {destination.port}")
+            await self.blocking(self.cluster.migrate_slot, slot, destination)
+            return
+        assert self.home is not None
+        carriers = masters if kind in ("failover", "kill-master") else [*masters, self.home]
+        node = self.rng.choice(sorted(set(carriers), key=self.cluster.nodes.index))
+        moving = {name for name, owner in owners.items() if owner is node}
+        self._expect(moving, node if kind in LOSSY_CLUSTER_FAULTS else None)
+        self.log(f"  node {node.port} ({len(moving)} shard names), home {self.home.port}")
+        if kind == "failover":
+            await self.blocking(self.cluster.failover, node)
+        elif kind == "kill-master":
+            await self.blocking(self.cluster.kill_master, node)
+            await self.blocking(self.cluster.restart_node, node)
+        elif kind == "client-kill":
+            await self.blocking(node.kill_clients, "pubsub")
+        else:
+            await self.blocking(
+                node.command, "CONFIG", "SET", "client-output-buffer-limit", "pubsub 64kb 0 0"
+            )
+            if node is self.home:
+                self.publisher.extra.append((b"PUBLISH", STABLE_CHANNELS[0], BIG_PAYLOAD))
+            else:
+                self.publisher.extra.append((b"SPUBLISH", min(moving), BIG_PAYLOAD))
+        if kind in LOSSY_CLUSTER_FAULTS:
+            owed = [t for t in self.stable() if self.expected.get(t.ident)]
+            lost = await self.wait_for(lambda: any(t.disconnects for t in owed), 10.0)
+            if not lost:
+                self.violations.note("faults not detected", f"round {number}: {kind} of {node}")
+        if kind == "output-buffer-limit":
+            await self.blocking(
+                node.command,
+                "CONFIG",
+                "SET",
+                "client-output-buffer-limit",
+                " ".join(DEFAULT_OUTPUT_LIMIT),
+            )
+
+    def _expect(self, moving: set[bytes], lost: RedisServer | None) -> None:
+        """What the coming fault does: the shard names in ``moving`` must be activated
+        again, and so must all names on the home if the home is the node ``lost``
+        (whose connections die). A subscription gets one ``on_disconnect`` if it has
+        names on that node; none when names only move (migration, failover)."""
+        self.home_lost = lost is not None and lost is self.home
+        self.expected.clear()
+        for t in self.tracked.values():
+            if t.kind == "shard":
+                names = t.names & moving
+            else:
+                names = set(t.names) if self.home_lost else set()
+            self._deactivate(t, names)
+            self.expected[t.ident] = int(bool(names) and lost is not None)
+
+    def _check_disconnects(self, losses: int, number: int) -> None:
+        wrong = [
+            f"sub {t.ident} ({t.kind}): {t.disconnects}, not {self.expected.get(t.ident, 0)}"
+            for t in self.stable()
+            if t.disconnects != self.expected.get(t.ident, 0)
+        ]
+        wrong += [
+            f"churn sub {t.ident}: {t.disconnects}"
+            for t in self.churners()
+            if t.disconnects > int(self.home_lost)
+        ]
+        self.violations.note(
+            "on_disconnect not exactly one per subscription per loss",
+            f"round {number} ({self.last_fault}): {wrong[:4]}",
+            int(bool(wrong)),
+        )
 
 
 def _open_fds() -> int:
@@ -698,37 +1163,55 @@ def _median_p99(values: list[float]) -> tuple[float, float]:
 
 
 async def _main(m: ModuleType, args: argparse.Namespace) -> int:
-    with RedisServer() as server, FaultProxy(server.host, server.port) as proxy:
-        chaos = Chaos(m, server, proxy, args)
-        tasks_before = len(anyio.get_running_tasks())
-        fds_before = _open_fds()
-        started = time.monotonic()
-        async with m.Multiplexer(proxy.url, **TIMERS) as mpx:
-            await chaos.run(mpx)
-            final = mpx.statistics()
-        chaos.publisher.join(5.0)
-        await chaos.wait_for(lambda: proxy.connections == 0, 5.0)
-        gone = await chaos.wait_for(lambda: _open_fds() <= fds_before, 5.0)
-        tasks_leaked = len(anyio.get_running_tasks()) - tasks_before
-        fds_leaked = 0 if gone else _open_fds() - fds_before
-        chaos.violations.note("tasks leaked after close", f"{tasks_leaked}", tasks_leaked)
-        chaos.violations.note("file descriptors leaked after close", f"{fds_leaked}", fds_leaked)
-        left = await anyio.to_thread.run_sync(
-            lambda: (
-                sum(
-                    int(n)
-                    for n in server.command("PUBSUB", "NUMSUB", *STABLE_CHANNELS, *CHURN_CHANNELS)[
-                        1::2
-                    ]
-                )
-                + sum(
-                    int(n) for n in server.command("PUBSUB", "SHARDNUMSUB", *SHARD_CHANNELS)[1::2]
-                )
-                + int(server.command("PUBSUB", "NUMPAT"))
+    if args.cluster:
+        with RedisCluster() as cluster:
+            return await _exercise(
+                ClusterChaos(m, cluster, args),
+                m.ClusterMultiplexer(cluster.startup_urls, **TIMERS),
+                cluster.reachable,
+                lambda: True,
+                args,
             )
+    with RedisServer() as server, FaultProxy(server.host, server.port) as proxy:
+        return await _exercise(
+            Chaos(m, server, proxy, args),
+            m.Multiplexer(proxy.url, **TIMERS),
+            lambda: [server],
+            lambda: proxy.connections == 0,
+            args,
         )
-        chaos.violations.note("server-side subscriptions left after close", f"{left}", left)
-        elapsed = time.monotonic() - started
+
+
+async def _exercise(
+    chaos: Chaos,
+    multiplexer: Any,
+    servers: Callable[[], list[RedisServer]],
+    disconnected: Callable[[], bool],
+    args: argparse.Namespace,
+) -> int:
+    """Run the rounds, close the multiplexer, check that it left nothing behind, report."""
+    tasks_before = len(anyio.get_running_tasks())
+    fds_before = _open_fds()
+    started = time.monotonic()
+    async with multiplexer as mpx:
+        await chaos.run(mpx)
+        final = mpx.statistics()
+    chaos.publisher.join(5.0)
+    await chaos.wait_for(disconnected, 5.0)
+    gone = await chaos.wait_for(lambda: _open_fds() <= fds_before, 5.0)
+    tasks_leaked = len(anyio.get_running_tasks()) - tasks_before
+    fds_leaked = 0 if gone else _open_fds() - fds_before
+    chaos.violations.note("tasks leaked after close", f"{tasks_leaked}", tasks_leaked)
+    chaos.violations.note("file descriptors leaked after close", f"{fds_leaked}", fds_leaked)
+
+    def left() -> int:
+        return sum(pubsub_total(pubsub_counts(server)) for server in servers())
+
+    # The servers count a connection's names until they have processed its close.
+    await chaos.wait_for_blocking(lambda: left() == 0, 5.0)
+    remaining = await chaos.blocking(left)
+    chaos.violations.note("server-side subscriptions left after close", f"{remaining}", remaining)
+    elapsed = time.monotonic() - started
     return report(chaos, final, tasks_leaked, fds_leaked, elapsed, args)
 
 
@@ -744,14 +1227,18 @@ def report(
     faults = sum(chaos.faults.values())
     times = [t for ts in chaos.recovery.values() for t in ts]
     median, p99 = _median_p99(times)
-    kinds = ", ".join(f"{k} {chaos.faults[k]}" for k in FAULTS)
-    print(f"driver: {args.driver}, seed {args.seed}, {elapsed:.0f} s, publish rate {args.rate}/s")
+    kinds = ", ".join(f"{k} {chaos.faults[k]}" for k in chaos.fault_kinds)
+    mode = ", cluster" if args.cluster else ""
+    print(
+        f"driver: {args.driver}{mode}, seed {args.seed}, {elapsed:.0f} s, "
+        f"publish rate {args.rate}/s"
+    )
     print(f"faults injected: {faults} ({kinds})")
     print(f"recoveries: {chaos.recovered}")
     print(
         f"fault to every name re-activated: median {median * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
     )
-    for kind in FAULTS:
+    for kind in chaos.fault_kinds:
         kind_median, kind_p99 = _median_p99(chaos.recovery[kind])
         print(f"  {kind}: median {kind_median * 1000:.0f} ms, p99 {kind_p99 * 1000:.0f} ms")
     print(f"subscriptions lost: {v['subscriptions lost']}")
@@ -761,7 +1248,12 @@ def report(
         f"{undelivered} (of {chaos.checked_messages} checked)"
     )
     print(f"deliveries after a remove: {v['deliveries after a remove']}")
-    print(f"messages out of order or duplicated: {v['out of order or duplicated']}")
+    replayed = (
+        f" (published before a re-activation, replayed over the cluster bus: {chaos.replayed})"
+        if args.cluster
+        else ""
+    )
+    print(f"messages out of order or duplicated: {v['out of order or duplicated']}{replayed}")
     outcomes = ", ".join(f"{k} {n}" for k, n in sorted(chaos.promise_outcomes.items()))
     print(
         f"promises not settled exactly once: {v['promises not settled exactly once']}"
@@ -782,6 +1274,8 @@ def report(
         f"delivered {final.messages_delivered}, dropped {final.messages_dropped}; "
         f"connections lost {final.connections_lost}"
     )
+    if isinstance(chaos.publisher, ClusterPublisher):
+        print(f"publishes redirected by MOVED: {chaos.publisher.redirected}")
     total = sum(v.values())
     print(f"chaos: {faults} faults, {total} violations")
     return 1 if total else 0
@@ -793,9 +1287,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver", choices=sorted(DRIVERS), default="anyio-asyncio")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rate", type=int, default=2000, help="messages published per second")
+    parser.add_argument("--verbose", action="store_true", help="each round's fault, on stderr")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a ClusterMultiplexer against a Redis Cluster (3 masters, 3 replicas), cluster faults",
+    )
+    parser.add_argument(
+        "--faults",
+        type=lambda text: text.split(","),
+        default=None,
+        help="only these faults, comma-separated (default: every kind of the mode)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    kinds = CLUSTER_FAULTS if args.cluster else FAULTS
+    if args.faults is not None and not set(args.faults) <= set(kinds):
+        parser.error(f"--faults: choose among {', '.join(kinds)}")
     if args.seed is None:
         args.seed = random.randrange(1 << 30)
     package, backend = DRIVERS[args.driver]

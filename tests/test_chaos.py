@@ -1,5 +1,6 @@
-"""The chaos command runs in CI with a few faults per driver, and its checker is checked:
-it must report the violations it exists to find, or a clean run would prove nothing."""
+"""The chaos command runs in CI with a few faults per driver, on one server and on a
+Redis Cluster, and its checker is checked: it must report the violations it exists to
+find, or a clean run would prove nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import anyio
 import pytest
@@ -17,6 +19,9 @@ from drivers.conftest import DRIVERS
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 12
+#: Cluster rounds: each of the five kinds below twice (a kill-master round takes ~3 s).
+CLUSTER_ROUNDS = 10
+CLUSTER_FAULTS = "failover,migrate,kill-master,client-kill,output-buffer-limit"
 
 
 def _load_chaos() -> ModuleType:
@@ -28,22 +33,25 @@ def _load_chaos() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("driver", [d[0] for d in DRIVERS])
-def test_chaos_run_has_no_violations(driver: str) -> None:
+def _chaos(*arguments: str) -> list[str]:
+    """Run the chaos command; its output lines, once it has exited 0."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     done = subprocess.run(
-        [sys.executable, "benchmarks/chaos.py", "--rounds", str(ROUNDS), "--driver", driver],
+        [sys.executable, "benchmarks/chaos.py", *arguments],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    out = done.stdout
-    assert done.returncode == 0, out + done.stderr
-    lines = out.splitlines()
-    assert lines[-1] == f"chaos: {ROUNDS} faults, 0 violations", out
-    assert f"recoveries: {ROUNDS}" in lines, out
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()
+
+
+def _assert_clean(lines: list[str], rounds: int) -> None:
+    out = "\n".join(lines)
+    assert lines[-1] == f"chaos: {rounds} faults, 0 violations", out
+    assert f"recoveries: {rounds}" in lines, out
     for figure in (
         "subscriptions lost: 0",
         "deliveries after a remove: 0",
@@ -54,6 +62,29 @@ def test_chaos_run_has_no_violations(driver: str) -> None:
     checked = next(line for line in lines if line.startswith("messages published after"))
     assert checked.startswith("messages published after re-activation not delivered: 0 (of ")
     assert int(checked.split("(of ")[1].split()[0]) > 0, "no delivery was checked"
+
+
+@pytest.mark.parametrize("driver", [d[0] for d in DRIVERS])
+def test_chaos_run_has_no_violations(driver: str) -> None:
+    _assert_clean(_chaos("--rounds", str(ROUNDS), "--driver", driver), ROUNDS)
+
+
+@pytest.mark.redis7
+@pytest.mark.parametrize("driver", ["anyio-asyncio", "trio"])
+def test_cluster_chaos_run_has_no_violations(driver: str) -> None:
+    lines = _chaos(
+        "--cluster",
+        "--rounds",
+        str(CLUSTER_ROUNDS),
+        "--driver",
+        driver,
+        "--faults",
+        CLUSTER_FAULTS,
+    )
+    _assert_clean(lines, CLUSTER_ROUNDS)
+    each = CLUSTER_ROUNDS // len(CLUSTER_FAULTS.split(","))
+    kinds = ", ".join(f"{kind} {each}" for kind in CLUSTER_FAULTS.split(","))
+    assert f"faults injected: {CLUSTER_ROUNDS} ({kinds})" in lines, lines
 
 
 def _checker(chaos: ModuleType) -> tuple[object, object]:
@@ -90,3 +121,50 @@ def test_checker_reports_deliveries_after_a_remove_and_out_of_order() -> None:
     checker._record(1, b"c:0", b"8")  # after the remove
     assert checker.violations["out of order or duplicated"] == 2
     assert checker.violations["deliveries after a remove"] == 1
+
+
+def _cluster_checker(chaos: ModuleType) -> tuple[Any, Any, Any]:
+    """A cluster checker with no cluster behind it: one channel and one sharded
+    subscription, both activated when 10 messages had been published."""
+    node = SimpleNamespace(host="127.0.0.1", port=1)  # nothing listens: no route is found
+    cluster = SimpleNamespace(nodes=[node], key_slot=lambda name: 0)
+    checker = chaos.ClusterChaos(SimpleNamespace(), cluster, SimpleNamespace(seed=1, rate=1000))
+    channel = chaos.Tracked(1, "channel", {b"c:0"}, stable=True)
+    shard = chaos.Tracked(2, "shard", {b"s:0"}, stable=True)
+    checker.tracked.update({1: channel, 2: shard})
+    checker.publisher.next_seq = 10
+    checker._activated(channel, b"c:0")
+    checker._activated(shard, b"s:0")
+    return checker, channel, shard
+
+
+def test_cluster_checker_allows_only_channel_replays_from_before_an_activation() -> None:
+    chaos = _load_chaos()
+    checker, _, _ = _cluster_checker(chaos)
+    for ident, name in ((1, b"c:0"), (2, b"s:0")):
+        for seq in (b"9", b"9", b"12", b"12"):  # each twice: before the activation, after
+            checker._record(ident, name, seq)
+    assert checker.replayed == 1  # the channel's 9: it may come from two nodes
+    assert checker.violations["out of order or duplicated"] == 3
+
+
+def test_cluster_checker_owes_one_on_disconnect_per_lost_node() -> None:
+    chaos = _load_chaos()
+    checker, channel, shard = _cluster_checker(chaos)
+    lost, home = object(), object()
+    checker.home = home
+    checker._expect({b"s:0"}, lost)  # the node of s:0 loses its connections
+    assert shard.active == set()
+    assert checker.since[(2, b"s:0")] is None
+    assert channel.active == {b"c:0"}  # the home is elsewhere
+    shard.disconnects = 1
+    checker._check_disconnects(0, 1)
+    assert not checker.violations
+    checker._expect({b"s:0"}, None)  # its slot moves: the connection stays up
+    checker._check_disconnects(0, 2)  # ... but the subscription was told of a loss
+    assert checker.violations["on_disconnect not exactly one per subscription per loss"] == 1
+    checker._expect(set(), home)  # the home loses its connections
+    assert channel.active == set()
+    channel.disconnects, shard.disconnects = 1, 0
+    checker._check_disconnects(0, 3)
+    assert checker.violations["on_disconnect not exactly one per subscription per loss"] == 1
