@@ -7,18 +7,13 @@ Ctrl-C (SIGINT) must stop the app and the Redis it started, and remove its direc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
 import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +22,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from redis_servers import encode_command, free_port, resolve_redis_server
+from examples.demo_process import HOST, launch, port_open
+from redis_servers import encode_command, resolve_redis_server
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "scripts" / "demo"
-HOST = "127.0.0.1"
-
-#: scripts/demo runs scripts/bootstrap first: quick once .venv is up to date, but a
-#: changed pyproject.toml makes it reinstall the project.
-START_DEADLINE = 90.0
 RECV_TIMEOUT = 5.0
 STOP_DEADLINE = 15.0
-PORT_ATTEMPTS = 3
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def redis_command(port: int, *args: str) -> Any:
@@ -59,101 +39,6 @@ def redis_command(port: int, *args: str) -> Any:
                 raise ConnectionError("redis-server closed the connection")
             reader.feed(data)
     return reply
-
-
-@dataclass
-class Demo:
-    """One run of ``scripts/demo``, with the ports it was given."""
-
-    proc: subprocess.Popen[bytes]
-    log: Path
-    http_port: int
-    redis_port: int
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def redis_pid(self) -> int | None:
-        """The pid of the Redis this demo says it started, if it still runs as such."""
-        found = re.search(r"started \S+ \(pid (\d+)\)", self.output())
-        if found is None:
-            return None
-        pid = int(found.group(1))
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        return pid if b"redis-server" in cmdline and b":%d" % self.redis_port in cmdline else None
-
-    def kill(self) -> None:
-        """Whatever is left of this run: its process group, and the Redis it started."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        pid = self.redis_pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def launch(tmp_path: Path, binary: str) -> tuple[Demo, str]:
-    """Start ``scripts/demo`` on free ports and wait for its page; returns it and the page.
-
-    Another process may take a "free" port before the demo binds it: the demo then
-    refuses to serve, or finds that stranger's Redis. Such a run is retried on new ports.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REDISMPX_DEMO_")}
-    env.update(REDISMPX_REDIS_SERVER=binary, PYTHONUNBUFFERED="1")
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        http_port = free_port()
-        redis_port = free_port()
-        if redis_port == http_port or port_open(redis_port):
-            continue
-        log = tmp_path / f"demo-{attempt}.log"
-        argv = [str(DEMO), "--port", str(http_port), "--redis-url", f"redis://{HOST}:{redis_port}"]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env=env,
-                start_new_session=True,  # its own process group, killed whole by Demo.kill
-            )
-        demo = Demo(proc, log, http_port, redis_port)
-        try:
-            page = wait_for_page(demo)
-        except BaseException:
-            demo.kill()
-            raise
-        if page is not None and demo.redis_pid() is not None:
-            return demo, page
-        demo.kill()  # a port was taken under us
-        if attempt == PORT_ATTEMPTS:
-            pytest.fail(f"scripts/demo could not get its ports:\n{demo.output()}")
-    pytest.fail("no free ports")
-
-
-def wait_for_page(demo: Demo) -> str | None:
-    """The page once served; None if the demo stopped because a port was taken."""
-    url = f"http://{HOST}:{demo.http_port}/"
-    deadline = time.monotonic() + START_DEADLINE
-    while True:
-        if demo.proc.poll() is not None:
-            output = demo.output()
-            if "Address already in use" in output:
-                return None
-            pytest.fail(f"scripts/demo exited with {demo.proc.returncode}:\n{output}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                return str(response.read().decode())
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() >= deadline:
-            pytest.fail(f"no page at {url} after {START_DEADLINE} s:\n{demo.output()}")
-        time.sleep(0.1)
 
 
 def notice(frame: str) -> dict[str, Any] | None:
