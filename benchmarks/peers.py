@@ -846,7 +846,7 @@ class Goal:
 
 
 def goals(results: Results) -> list[tuple[Goal, str]]:
-    """One (goal, unit) per goal of the issue, from this run's figures."""
+    """One (goal, unit) per performance goal (docs/benchmarks.md), from this run's figures."""
     ours = [row for row in results.rows if row.library.key == "redismpx"]
 
     def ratio(row: Row, measure: str) -> float | None:
