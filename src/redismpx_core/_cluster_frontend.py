@@ -31,6 +31,7 @@ from ._frontend import (
     Signal,
     SubscriptionRouter,
     _PublishWaiter,
+    log_handshake,
 )
 from ._names import coerce_name
 from ._settings import Settings
@@ -165,8 +166,12 @@ class ClusterMultiplexerBase(MultiplexerBase):
         if cls is PublishCompleted or cls is PublishFailed:
             self._publish_reply(key, event)
             return True
-        # Readiness is the router's, not one connection's.
-        return cls is ConnectionEstablished
+        if cls is ConnectionEstablished:
+            role, node = key
+            target = replace(self.settings, host=node.host, port=node.port).redacted_url()
+            log_handshake(f"{role} {node}", target, self._cluster.connections()[key])
+            return True  # readiness is the router's, not one connection's
+        return False
 
     def _node_lost(self, key: ConnectionKey) -> None:
         self._dispatch(self._cluster.connection_lost(key, self._loop.now()))

@@ -146,9 +146,10 @@ def _report(label: str, exc: BaseException) -> None:
 
 
 def log_handshake(role: str, target: str, core: MultiplexerCore) -> None:
-    """A runner's connection completed its handshake: one INFO line, with how many
-    names it now (re)subscribes. Counts only, never a name or a payload; ``target``
-    is the redacted URL (no password)."""
+    """A connection completed its handshake (its ConnectionEstablished, dispatched
+    before the activations it brings): one INFO line, with how many names it now
+    (re)subscribes. Counts only, never a name or a payload; ``target`` is the redacted
+    URL (no password)."""
     if not logger.isEnabledFor(logging.INFO):
         return
     counts = core.wanted_counts()
@@ -960,6 +961,7 @@ class MultiplexerBase:
             elif cls is PromiseFailed:
                 event.promise._settle(None, event.error)  # type: ignore[union-attr]
             elif cls is ConnectionEstablished:
+                log_handshake("subscriber", self.settings.redacted_url(), self._single_core())
                 if self._ready is not None:
                     self._ready.set()
             else:
@@ -968,6 +970,8 @@ class MultiplexerBase:
     def _dispatch_publisher(self, events: list[Event]) -> None:
         for event in events:
             if event.__class__ is ConnectionEstablished:
+                assert self._publisher_core is not None
+                log_handshake("publisher", self.settings.redacted_url(), self._publisher_core)
                 if self._publisher_ready is not None:
                     self._publisher_ready.set()
             else:

@@ -16,13 +16,11 @@ import trio.lowlevel
 
 from redismpx_core import (
     ConnectionLost,
-    ConnectionState,
     Event,
     MultiplexerCore,
     RedisMPXError,
     Settings,
 )
-from redismpx_core._frontend import log_handshake
 
 from ._backend import map_exceptions, open_stream
 
@@ -59,13 +57,6 @@ class ConnectionRunner:
     def wake(self) -> None:
         """Tell the writer the core may have bytes to send or a new deadline."""
         self._wake.set()
-
-    async def _still_wanted(self) -> None:
-        """Past an await, before the core is touched: a stopped runner's core is closed
-        (a cluster router dropped it), and the stop's cancellation may not have reached
-        this task yet; this checkpoint delivers it."""
-        if self._stopped:
-            await trio.lowlevel.checkpoint()
 
     def stop(self) -> None:
         """End :meth:`run` (a cluster router no longer wants this connection)."""
@@ -107,7 +98,11 @@ class ConnectionRunner:
         logger.info("redismpx %s connected to %s", self._role, target)
         self._error = None
         try:
-            await self._still_wanted()
+            if self._stopped:
+                # A stopped runner's core is closed (a cluster router dropped it), and the
+                # stop's cancellation may not have reached this task yet: deliver it here,
+                # before the core is touched (and again after each read).
+                await trio.lowlevel.checkpoint()
             self._dispatch(self.core.connection_made(trio.current_time()))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read, stream, nursery.cancel_scope)
@@ -118,20 +113,6 @@ class ConnectionRunner:
         assert self._error is not None
         return self._error, True
 
-    def _handshake_data(self, data: bytes | bytearray) -> bool:
-        """Feed a read of the handshake; log its completion before its events go out.
-
-        Returns whether the handshake is still under way. (A method, so that no local
-        keeps the events, and the subscriptions they name, alive after dispatch.)
-        """
-        core = self.core
-        events = core.receive_data(data, trio.current_time())
-        done = core.state is ConnectionState.READY
-        if done:
-            log_handshake(self._role, self._settings.redacted_url(), core)
-        self._dispatch(events)
-        return not done
-
     def _fail(self, error: RedisMPXError, scope: trio.CancelScope) -> None:
         if self._error is None:
             self._error = error
@@ -140,18 +121,15 @@ class ConnectionRunner:
     async def _read(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         core = self.core
         dispatch = self._dispatch
-        handshaking = True
         try:
             while True:
                 with map_exceptions():
                     data = await stream.receive_some(READ_SIZE)
                 if not data:
                     raise ConnectionLost("the server closed the connection")
-                await self._still_wanted()
-                if handshaking:
-                    handshaking = self._handshake_data(data)
-                else:
-                    dispatch(core.receive_data(data, trio.current_time()))
+                if self._stopped:  # stopped during the read: see _connection
+                    await trio.lowlevel.checkpoint()
+                dispatch(core.receive_data(data, trio.current_time()))
                 if core.wants_write:
                     self._wake.set()
         except RedisMPXError as exc:
