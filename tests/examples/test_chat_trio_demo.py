@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from examples.demo_process import port_open
 from redis_servers import RedisServerFactory, free_port, resolve_redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,14 +39,6 @@ START_DEADLINE = 10.0
 RECV_TIMEOUT = 5.0
 STOP_DEADLINE = 10.0
 PORT_ATTEMPTS = 3
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
