@@ -18,20 +18,17 @@ bus port as port + 10000: each node gets a data port <= 55535 *and* an explicit
 from __future__ import annotations
 
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from _redis import HOST, RedisServer, find_redis_server
+from _redis import HOST, RedisServer
 
 __all__ = ("Cluster", "ClusterNode")
 
 SLOTS = 16384
 MAX_DATA_PORT = 55535
 _FORM_TIMEOUT = 30.0
-_START_ATTEMPTS = 10
 
 
 def _free_port(maximum: int = 65535) -> int:
@@ -53,42 +50,20 @@ class ClusterNode(RedisServer):
         self.bus_port = 0
         self.slots = (0, -1)  # (first, last): set when the cluster is formed
 
-    def __enter__(self) -> ClusterNode:
-        binary = find_redis_server()
-        self._dir = tempfile.mkdtemp(prefix="redismpx-bench-cluster-")
-        for _ in range(_START_ATTEMPTS):  # either port may be taken by the time redis binds
-            self.port = _free_port(MAX_DATA_PORT)
+    def _pick_ports(self) -> int:
+        port = _free_port(MAX_DATA_PORT)
+        self.bus_port = _free_port()
+        while self.bus_port == port:
             self.bus_port = _free_port()
-            if self.bus_port == self.port:
-                continue
-            argv = [
-                binary,
-                "--port", str(self.port),
-                "--bind", HOST,
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self._dir,
-                "--logfile", "",
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", f"{self._dir}/nodes-{self.port}.conf",
-                "--cluster-node-timeout", "5000",
-                "--cluster-port", str(self.bus_port),
-                *self.extra_args,
-            ]  # fmt: skip
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            if self._wait_ready():
-                return self
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait(5)
-        self.__exit__()
-        raise SystemExit("a cluster redis-server did not start")
+        return port
+
+    def _mode_args(self) -> list[str]:
+        return [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", f"{self._dir}/nodes-{self.port}.conf",
+            "--cluster-node-timeout", "5000",
+            "--cluster-port", str(self.bus_port),
+        ]  # fmt: skip
 
     def __exit__(self, *exc_info: object) -> None:
         super().__exit__()

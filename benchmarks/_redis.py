@@ -90,7 +90,7 @@ class RedisServer:
         binary = find_redis_server()
         self._dir = tempfile.mkdtemp(prefix="redismpx-bench-")
         for _ in range(10):  # the free port may be taken by the time redis binds it
-            self.port = _free_port()
+            self.port = self._pick_ports()
             argv = [
                 binary,
                 "--port", str(self.port),
@@ -99,6 +99,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", self._dir,
                 "--logfile", "",
+                *self._mode_args(),
                 *self.extra_args,
             ]  # fmt: skip
             self._proc = subprocess.Popen(
@@ -110,8 +111,19 @@ class RedisServer:
             )
             if self._wait_ready():
                 return self
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait(5)
         self.__exit__()
         raise SystemExit("redis-server did not start")
+
+    def _pick_ports(self) -> int:
+        """The data port for the next attempt (a subclass may pick more ports)."""
+        return _free_port()
+
+    def _mode_args(self) -> list[str]:
+        """Arguments of this kind of server, before the caller's ``extra_args``."""
+        return []
 
     def _wait_ready(self) -> bool:
         assert self._proc is not None
