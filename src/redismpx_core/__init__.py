@@ -8,7 +8,7 @@ Drivers (``redismpx_anyio``, ``redismpx_trio``, or your own) do the I/O.
 from ._backoff import Backoff
 from ._cluster import ClusterCore
 from ._core import MAX_NAMES_PER_COMMAND, ConnectionState, MultiplexerCore
-from ._delivery import DeliveryQueue, Message, Notice, SubscriptionOverflow
+from ._delivery import DeliveryQueue, Message, Notice
 from ._errors import (
     AuthenticationError,
     ConnectionLost,
@@ -20,6 +20,7 @@ from ._errors import (
     RedisMPXError,
     ServerError,
     SubscriptionClosed,
+    SubscriptionOverflow,
 )
 from ._events import (
     CommandCompleted,
@@ -36,7 +37,7 @@ from ._events import (
     PublishFailed,
     SubscriptionDisconnected,
 )
-from ._handles import Promise, Subscription, SubscriptionKind
+from ._handles import PromiseHandle, SubscriptionHandle, SubscriptionKind
 from ._names import coerce_name, escape_glob
 from ._sentinel import SentinelQuery
 from ._settings import DEFAULT_MAX_FRAME_SIZE, OverflowPolicy, Settings
@@ -70,9 +71,9 @@ __all__ = (
     # sentinel discovery
     "SentinelQuery",
     # handles
-    "Subscription",
+    "SubscriptionHandle",
     "SubscriptionKind",
-    "Promise",
+    "PromiseHandle",
     "NameKind",
     "NameState",
     # events

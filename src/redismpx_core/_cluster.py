@@ -58,8 +58,8 @@ from ._events import (
     NameRejected,
 )
 from ._handles import (
-    Promise,
-    Subscription,
+    PromiseHandle,
+    SubscriptionHandle,
     SubscriptionKind,
     new_promise_subscription,
     pattern_to_add,
@@ -125,10 +125,10 @@ class ClusterCore:
         self._home = self._startup[0]
         self._subscribers[self._home] = self._new_core()  # the home connection is always up
         # Each user handle's handles in the node cores it has names on.
-        self._placements: dict[Subscription, dict[Node, Subscription]] = {}
+        self._placements: dict[SubscriptionHandle, dict[Node, SubscriptionHandle]] = {}
         # Shard handles only: where each name rides (None: unplaced).
-        self._homes: dict[Subscription, dict[bytes, Node | None]] = {}
-        self._by_owner: dict[Any, Subscription] = {}
+        self._homes: dict[SubscriptionHandle, dict[bytes, Node | None]] = {}
+        self._by_owner: dict[Any, SubscriptionHandle] = {}
         self._closed = False
 
         self._control = self._startup[0]
@@ -209,12 +209,12 @@ class ClusterCore:
 
     # ------------------------------------------------------------------ subscriptions
 
-    def open_subscription(self, kind: SubscriptionKind, owner: Any = None) -> Subscription:
+    def open_subscription(self, kind: SubscriptionKind, owner: Any) -> SubscriptionHandle:
         """A new, empty channel, pattern or shard subscription."""
         self._check_open()
         if kind is SubscriptionKind.PROMISE:
             raise ValueError("use open_promise_subscription() for promise subscriptions")
-        handle = Subscription(kind, owner)
+        handle = SubscriptionHandle(kind, owner)
         self._placements[handle] = {}
         self._by_owner[handle.owner] = handle
         if kind is SubscriptionKind.SHARD:
@@ -224,13 +224,13 @@ class ClusterCore:
         return handle
 
     def open_pattern_subscription(
-        self, pattern: object, owner: Any = None
-    ) -> tuple[Subscription, list[Event]]:
+        self, pattern: object, owner: Any
+    ) -> tuple[SubscriptionHandle, list[Event]]:
         name = coerce_name(pattern, "pattern")
         handle = self.open_subscription(SubscriptionKind.PATTERN, owner)
         return handle, self.add_pattern(handle, name)
 
-    def add_pattern(self, sub: Subscription, pattern: object) -> list[Event]:
+    def add_pattern(self, sub: SubscriptionHandle, pattern: object) -> list[Event]:
         self._check_sub(sub)
         name = pattern_to_add(sub, pattern)
         events = self._home_core().add_pattern(self._node_handle(sub, self._home), name)
@@ -238,8 +238,8 @@ class ClusterCore:
         return events
 
     def open_promise_subscription(
-        self, prefix: object, owner: Any = None
-    ) -> tuple[Subscription, list[Event]]:
+        self, prefix: object, owner: Any
+    ) -> tuple[SubscriptionHandle, list[Event]]:
         handle = new_promise_subscription(prefix, owner)
         self._check_open()
         self._placements[handle] = {}
@@ -248,14 +248,14 @@ class ClusterCore:
         handle.names[handle.pattern] = None
         return handle, events
 
-    def _place_promises(self, handle: Subscription, node: Node) -> list[Event]:
+    def _place_promises(self, handle: SubscriptionHandle, node: Node) -> list[Event]:
         node_handle, events = self._subscriber(node).open_promise_subscription(
             handle.prefix, handle.owner
         )
         self._placements[handle][node] = node_handle
         return events
 
-    def add(self, sub: Subscription, names: Iterable[object]) -> list[Event]:
+    def add(self, sub: SubscriptionHandle, names: Iterable[object]) -> list[Event]:
         """Add names to a channel or shard subscription (activations of names already active)."""
         self._check_sub(sub)
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
@@ -276,20 +276,20 @@ class ClusterCore:
         sub.names.update(dict.fromkeys(new))
         return events
 
-    def remove(self, sub: Subscription, names: Iterable[object]) -> None:
+    def remove(self, sub: SubscriptionHandle, names: Iterable[object]) -> None:
         """Remove names from a channel or shard subscription (names it lacks are ignored)."""
         self._check_sub(sub)
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name")
         self._remove(sub, coerce_names(names, "channel"))
 
-    def clear(self, sub: Subscription) -> None:
+    def clear(self, sub: SubscriptionHandle) -> None:
         self._check_sub(sub)
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name: close it")
         self._remove(sub, list(sub.names))
 
-    def _remove(self, sub: Subscription, names: Iterable[bytes]) -> None:
+    def _remove(self, sub: SubscriptionHandle, names: Iterable[bytes]) -> None:
         held = [name for name in dict.fromkeys(names) if name in sub.names]
         if sub.kind is SubscriptionKind.CHANNEL:
             placement = self._placements[sub].get(self._home)
@@ -307,7 +307,7 @@ class ClusterCore:
             del sub.names[name]
         self._drop_idle_cores()
 
-    def close_subscription(self, sub: Subscription) -> list[Event]:
+    def close_subscription(self, sub: SubscriptionHandle) -> list[Event]:
         """Close a subscription: drop its names, fail its promises. Closing twice is fine."""
         if sub.closed:
             return []
@@ -318,13 +318,13 @@ class ClusterCore:
         self._by_owner.pop(sub.owner, None)
         sub.names.clear()
         sub.closed = True
-        sub.owner = None
+        sub.release_owner()
         self._drop_idle_cores()
         return events
 
     def new_promise(
-        self, sub: Subscription, suffix: object, timeout: float, now: float, owner: Any = None
-    ) -> Promise:
+        self, sub: SubscriptionHandle, suffix: object, timeout: float, now: float, owner: Any
+    ) -> PromiseHandle:
         """A promise on ``prefix + suffix`` (see :meth:`MultiplexerCore.new_promise`)."""
         if sub.kind is not SubscriptionKind.PROMISE:
             raise TypeError("new_promise() needs a promise subscription")
@@ -337,7 +337,7 @@ class ClusterCore:
     def subscription_owners(self) -> list[Any]:
         return [sub.owner for sub in self._placements]
 
-    def is_active(self, sub: Subscription, name: bytes) -> bool:
+    def is_active(self, sub: SubscriptionHandle, name: bytes) -> bool:
         if name not in sub.names:
             return False
         node = self._homes[sub].get(name) if sub.kind is SubscriptionKind.SHARD else self._home
@@ -346,7 +346,7 @@ class ClusterCore:
         node_handle = self._placements[sub].get(node)
         return node_handle is not None and self._subscribers[node].is_active(node_handle, name)
 
-    def _node_handle(self, sub: Subscription, node: Node) -> Subscription:
+    def _node_handle(self, sub: SubscriptionHandle, node: Node) -> SubscriptionHandle:
         placement = self._placements[sub]
         node_handle = placement.get(node)
         if node_handle is None:
@@ -381,7 +381,7 @@ class ClusterCore:
         if self._closed:
             raise SubscriptionClosed("the multiplexer is closed")
 
-    def _check_sub(self, sub: Subscription) -> None:
+    def _check_sub(self, sub: SubscriptionHandle) -> None:
         if sub.closed:
             raise SubscriptionClosed("the subscription is closed")
 
@@ -566,7 +566,7 @@ class ClusterCore:
         return events
 
     def _move(
-        self, sub: Subscription, old: Node | None, new: Node | None, names: list[bytes]
+        self, sub: SubscriptionHandle, old: Node | None, new: Node | None, names: list[bytes]
     ) -> list[Event]:
         placement = self._placements[sub]
         if old is not None and old in placement:
@@ -654,7 +654,7 @@ class ClusterCore:
             events += core.close()
         for sub in self._placements:
             sub.closed = True
-            sub.owner = None
+            sub.release_owner()
         self._placements.clear()
         self._homes.clear()
         self._by_owner.clear()

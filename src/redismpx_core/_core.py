@@ -56,8 +56,8 @@ from ._events import (
     SubscriptionDisconnected,
 )
 from ._handles import (
-    Promise,
-    Subscription,
+    PromiseHandle,
+    SubscriptionHandle,
     SubscriptionKind,
     new_promise_subscription,
     pattern_to_add,
@@ -178,21 +178,21 @@ class _NameRecord:
 
     __slots__ = ("holders", "kind", "name", "promise_holders", "snapshot", "solo", "state")
 
-    def __init__(self, kind: NameKind, name: bytes, holder: Subscription) -> None:
+    def __init__(self, kind: NameKind, name: bytes, holder: SubscriptionHandle) -> None:
         self.kind = kind
         self.name = name
         self.state = IDLE
         # The subscriptions holding the name: None, the only one, or a dict of two or
         # more in the order they came. Most names have one holder, and a dict for it
         # would be the largest part of the record.
-        self.holders: Subscription | dict[Subscription, None] | None = holder
+        self.holders: SubscriptionHandle | dict[SubscriptionHandle, None] | None = holder
         # Owners of the non-promise holders, rebuilt lazily after a change.
         self.snapshot: tuple[Any, ...] | None = None
-        self.promise_holders: tuple[Subscription, ...] = ()
+        self.promise_holders: tuple[SubscriptionHandle, ...] = ()
         # Send alone: this name was in a batch that Redis refused as a whole.
         self.solo = False
 
-    def held_by(self) -> tuple[Subscription, ...] | dict[Subscription, None]:
+    def held_by(self) -> tuple[SubscriptionHandle, ...] | dict[SubscriptionHandle, None]:
         """The holders, in the order they came (iterate; do not change)."""
         holders = self.holders
         if holders is None:
@@ -336,7 +336,7 @@ class MultiplexerCore:
         self._channels = self._records[NameKind.CHANNEL]
         self._patterns = self._records[NameKind.PATTERN]
         self._shards = self._records[NameKind.SHARD]
-        self._subscriptions: dict[Subscription, None] = {}
+        self._subscriptions: dict[SubscriptionHandle, None] = {}
         self._dirty: dict[_NameRecord, None] = {}
         self._out = bytearray()
         self._expected: deque[_Expected] = deque()
@@ -349,7 +349,7 @@ class MultiplexerCore:
         self._ping_sent_at: float | None = None
         self._handshake_deadline: float | None = None
         self._stable_at: float | None = None
-        self._promise_heap: list[tuple[float, int, Promise]] = []
+        self._promise_heap: list[tuple[float, int, PromiseHandle]] = []
         #: Heap entries of promises settled before their deadline (see _settled_early).
         self._dead_timers = 0
         self._promise_seq = 0
@@ -367,38 +367,38 @@ class MultiplexerCore:
 
     # ------------------------------------------------------------------ subscriptions
 
-    def open_subscription(self, kind: SubscriptionKind, owner: Any = None) -> Subscription:
+    def open_subscription(self, kind: SubscriptionKind, owner: Any) -> SubscriptionHandle:
         """A new, empty channel, pattern or shard subscription."""
         self._check_open()
         if kind is SubscriptionKind.PROMISE:
             raise ValueError("use open_promise_subscription() for promise subscriptions")
-        sub = Subscription(kind, owner)
+        sub = SubscriptionHandle(kind, owner)
         self._subscriptions[sub] = None
         return sub
 
     def open_pattern_subscription(
-        self, pattern: object, owner: Any = None
-    ) -> tuple[Subscription, list[Event]]:
+        self, pattern: object, owner: Any
+    ) -> tuple[SubscriptionHandle, list[Event]]:
         """A pattern subscription holding ``pattern`` from the start."""
         name = coerce_name(pattern, "pattern")
         sub = self.open_subscription(SubscriptionKind.PATTERN, owner)
         return sub, self._add(sub, [name])
 
-    def add_pattern(self, sub: Subscription, pattern: object) -> list[Event]:
+    def add_pattern(self, sub: SubscriptionHandle, pattern: object) -> list[Event]:
         """Give an empty pattern subscription its one pattern."""
         self._check_sub(sub)
         return self._add(sub, [pattern_to_add(sub, pattern)])
 
     def open_promise_subscription(
-        self, prefix: object, owner: Any = None
-    ) -> tuple[Subscription, list[Event]]:
+        self, prefix: object, owner: Any
+    ) -> tuple[SubscriptionHandle, list[Event]]:
         """A promise subscription: one PSUBSCRIBE on ``prefix`` (escaped) followed by ``*``."""
         sub = new_promise_subscription(prefix, owner)
         self._check_open()
         self._subscriptions[sub] = None
         return sub, self._add(sub, [sub.pattern])
 
-    def add(self, sub: Subscription, names: Iterable[object]) -> list[Event]:
+    def add(self, sub: SubscriptionHandle, names: Iterable[object]) -> list[Event]:
         """Add names to a channel or shard subscription.
 
         Returns the activations of names that were already active.
@@ -408,21 +408,21 @@ class MultiplexerCore:
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name")
         return self._add(sub, _channel_names(names))
 
-    def remove(self, sub: Subscription, names: Iterable[object]) -> None:
+    def remove(self, sub: SubscriptionHandle, names: Iterable[object]) -> None:
         """Remove names from a channel or shard subscription (names it lacks are ignored)."""
         self._check_sub(sub)
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name")
         self._remove(sub, _channel_names(names))
 
-    def clear(self, sub: Subscription) -> None:
+    def clear(self, sub: SubscriptionHandle) -> None:
         """Remove every name of a channel or shard subscription."""
         self._check_sub(sub)
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name: close it")
         self._remove(sub, list(sub.names))
 
-    def close_subscription(self, sub: Subscription) -> list[Event]:
+    def close_subscription(self, sub: SubscriptionHandle) -> list[Event]:
         """Close a subscription: drop its names, fail its promises. Closing twice is fine."""
         if sub.closed:
             return []
@@ -430,21 +430,21 @@ class MultiplexerCore:
         sub.closed = True
         self._subscriptions.pop(sub, None)
         events = self._fail_promises(sub, SubscriptionClosed("the subscription was closed"))
-        sub.owner = None  # the owner keeps its handle: no cycle outlives the close
+        sub.release_owner()  # the owner keeps its handle: no cycle outlives the close
         return events
 
     def subscription_owners(self) -> list[Any]:
         """The owners of every open subscription (for a driver that must wake them)."""
         return [sub.owner for sub in self._subscriptions]
 
-    def is_active(self, sub: Subscription, name: bytes) -> bool:
+    def is_active(self, sub: SubscriptionHandle, name: bytes) -> bool:
         """True if ``sub`` holds ``name`` and Redis has confirmed it on this connection."""
         if name not in sub.names:
             return False
         record = self._records[sub.kind.name_kind].get(name)
         return record is not None and record.state is ACTIVE
 
-    def _add(self, sub: Subscription, names: Iterable[bytes]) -> list[Event]:
+    def _add(self, sub: SubscriptionHandle, names: Iterable[bytes]) -> list[Event]:
         kind = sub.kind.name_kind
         records = self._records[kind]
         held = sub.names
@@ -472,7 +472,7 @@ class MultiplexerCore:
                 _activated(events, sub.owner, name)
         return events
 
-    def _remove(self, sub: Subscription, names: Iterable[bytes]) -> None:
+    def _remove(self, sub: SubscriptionHandle, names: Iterable[bytes]) -> None:
         records = self._records[sub.kind.name_kind]
         held = sub.names
         dirty = self._dirty
@@ -495,15 +495,15 @@ class MultiplexerCore:
         if self.state is ConnectionState.CLOSED:
             raise SubscriptionClosed("the multiplexer is closed")
 
-    def _check_sub(self, sub: Subscription) -> None:
+    def _check_sub(self, sub: SubscriptionHandle) -> None:
         if sub.closed:
             raise SubscriptionClosed("the subscription is closed")
 
     # ------------------------------------------------------------------ promises
 
     def new_promise(
-        self, sub: Subscription, suffix: object, timeout: float, now: float, owner: Any = None
-    ) -> Promise:
+        self, sub: SubscriptionHandle, suffix: object, timeout: float, now: float, owner: Any
+    ) -> PromiseHandle:
         """A promise of the next message on ``prefix + suffix``, expiring ``timeout`` s from now.
 
         Raises :class:`InactiveSubscription` unless the subscription's pattern is active.
@@ -524,7 +524,7 @@ class MultiplexerCore:
         if not self.is_active(sub, sub.pattern):
             raise InactiveSubscription("the promise subscription is not active")
         channel = sub.prefix + suffix_bytes
-        promise = Promise(sub, channel, now + timeout, owner)
+        promise = PromiseHandle(sub, channel, now + timeout, owner)
         if sub.promises is None:
             sub.promises = {}
         sub.promises.setdefault(channel, []).append(promise)
@@ -533,13 +533,13 @@ class MultiplexerCore:
         return promise
 
     def _fulfil(
-        self, promises: dict[bytes, list[Promise]], channel: bytes, data: bytes, events: list[Event]
+        self, promises: dict[bytes, list[PromiseHandle]], channel: bytes, data: bytes, events: list[Event]
     ) -> None:
         for promise in promises.pop(channel, ()):
             events.append(PromiseFulfilled(promise.owner, data))
             self._settled_early(promise)
 
-    def _fail_promises(self, sub: Subscription, error: RedisMPXError) -> list[Event]:
+    def _fail_promises(self, sub: SubscriptionHandle, error: RedisMPXError) -> list[Event]:
         events: list[Event] = []
         if sub.promises:
             for promises in sub.promises.values():
@@ -549,7 +549,7 @@ class MultiplexerCore:
             sub.promises.clear()
         return events
 
-    def _settled_early(self, promise: Promise) -> None:
+    def _settled_early(self, promise: PromiseHandle) -> None:
         """A promise settled before its deadline: its timer entry is now dead weight.
 
         The entry stays in the heap until it reaches the top, so it lets go of the
@@ -557,8 +557,7 @@ class MultiplexerCore:
         entries are the majority the heap is rebuilt without them, so that promises
         with long timeouts cannot pin the memory of every promise settled since.
         """
-        promise.settled = True
-        promise.owner = None
+        promise.settle()
         self._dead_timers += 1
         heap = self._promise_heap
         if self._dead_timers > 64 and self._dead_timers * 2 > len(heap):
@@ -721,7 +720,7 @@ class MultiplexerCore:
             self._remove(sub, list(sub.names))
             sub.closed = True
             events += self._fail_promises(sub, closed)
-            sub.owner = None
+            sub.release_owner()
         for expected in self._expected:
             if expected.label is _PUBLISH:
                 events.append(PublishFailed(expected.token, ConnectionLost("multiplexer closed")))
@@ -763,7 +762,7 @@ class MultiplexerCore:
     def wanted_counts(self) -> tuple[int, int, int]:
         """Names some subscription holds: (channels, patterns, shard channels).
 
-        Promise prefixes count as patterns. Each new connection subscribes these; the
+        PromiseHandle prefixes count as patterns. Each new connection subscribes these; the
         drivers log the counts once per handshake (a pass over every name: not for a
         hot path).
         """
@@ -814,7 +813,6 @@ class MultiplexerCore:
             if promise.settled:
                 self._dead_timers -= 1
                 continue
-            promise.settled = True
             promises = promise.subscription.promises
             if promises is not None and promise.channel in promises:
                 pending = promises[promise.channel]
@@ -822,6 +820,7 @@ class MultiplexerCore:
                 if not pending:
                     del promises[promise.channel]
             events.append(PromiseExpired(promise.owner))
+            promise.settle()
         if self.state is ConnectionState.HANDSHAKING or self.state is ConnectionState.READY:
             if self._handshake_deadline is not None and now >= self._handshake_deadline:
                 self._break(events)
@@ -987,7 +986,7 @@ class MultiplexerCore:
                             self._expected.popleft()
                             run = 0
                         holders = record.holders
-                        if state is ACTIVE and holders.__class__ is Subscription:
+                        if state is ACTIVE and holders.__class__ is SubscriptionHandle:
                             record.state = state
                             _activated(events, holders.owner, record.name)
                         elif state is IDLE and holders is None and not self._dirty:

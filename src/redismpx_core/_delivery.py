@@ -23,10 +23,10 @@ from functools import partial
 from itertools import islice, repeat
 from typing import Any, Final, NamedTuple
 
-from ._errors import SubscriptionClosed
+from ._errors import SubscriptionOverflow
 from ._settings import OverflowPolicy
 
-__all__ = ("DeliveryQueue", "Message", "Notice", "SubscriptionOverflow", "messages_of")
+__all__ = ("DeliveryQueue", "Message", "Notice", "messages_of")
 
 
 class Message(NamedTuple):
@@ -56,10 +56,6 @@ class Notice:
 
     kind: str
     value: Any
-
-
-class SubscriptionOverflow(SubscriptionClosed):
-    """The subscription's buffer overflowed under the ``close`` policy, which closed it."""
 
 
 _DROP_OLDEST: Final = OverflowPolicy.DROP_OLDEST

@@ -20,6 +20,7 @@ __all__ = (
     "RedisMPXError",
     "ServerError",
     "SubscriptionClosed",
+    "SubscriptionOverflow",
 )
 
 
@@ -33,6 +34,10 @@ class InactiveSubscription(RedisMPXError):
 
 class SubscriptionClosed(RedisMPXError):
     """The subscription (or the multiplexer owning it) has been closed."""
+
+
+class SubscriptionOverflow(SubscriptionClosed):
+    """The subscription's buffer overflowed under the ``close`` policy, which closed it."""
 
 
 class PromiseInterrupted(RedisMPXError):

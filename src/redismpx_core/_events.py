@@ -1,18 +1,23 @@
 """Events: what the core tells its driver, each a fact in the past tense.
 
 Subscriptions and promises appear in events as their *owner*: the object the
-driver passed when it created them (the core's own handle when it passed none),
-so that a driver dispatches without a lookup.
+driver passed when it opened the subscription or made the promise, so that a
+driver dispatches without a lookup. The core never calls an owner; it only hands
+it back. Events are generic in the two owner types (:data:`S` for subscriptions,
+:data:`P` for promises), and so are the cores that make them: a driver that opens
+every subscription with a ``Consumer`` owner gets ``NamesActivated[Consumer]``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from ._errors import ConnectionLost, RedisMPXError, ServerError
 
 __all__ = (
+    "P",
+    "S",
     "CommandCompleted",
     "CommandFailed",
     "ConnectionEstablished",
@@ -29,8 +34,14 @@ __all__ = (
 )
 
 
+#: The owner of a subscription: what the driver passed to open it.
+S = TypeVar("S")
+#: The owner of a promise: what the driver passed to make it.
+P = TypeVar("P")
+
+
 @dataclass(frozen=True, slots=True)
-class MessagesReceived:
+class MessagesReceived(Generic[S]):
     """Pub/Sub messages arrived for the subscriptions in ``subscribers``.
 
     One event covers a run of consecutive messages on one ``channel`` (and, for a
@@ -42,7 +53,7 @@ class MessagesReceived:
     do not change it.
     """
 
-    subscribers: tuple[Any, ...]
+    subscribers: tuple[S, ...]
     channel: bytes
     pattern: bytes | None
     payloads: list[bytes]
@@ -54,7 +65,7 @@ class ConnectionEstablished:
 
 
 @dataclass(frozen=True, slots=True)
-class NamesActivated:
+class NamesActivated(Generic[S]):
     """``names`` became active for ``subscriber``: Redis confirmed them (or they already were).
 
     One event covers a run of consecutive activations for one subscriber, in order:
@@ -63,51 +74,51 @@ class NamesActivated:
     ``names`` is the core's list: read it, do not change it.
     """
 
-    subscriber: Any
+    subscriber: S
     names: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
-class NameRejected:
+class NameRejected(Generic[S]):
     """Redis refused ``name`` (NOPERM, for one); it was dropped from ``subscriber``."""
 
-    subscriber: Any
+    subscriber: S
     name: bytes
     error: ServerError
 
 
 @dataclass(frozen=True, slots=True)
-class SubscriptionDisconnected:
+class SubscriptionDisconnected(Generic[S]):
     """The connection that ``subscriber``'s names rode on was lost (once per loss)."""
 
-    subscriber: Any
+    subscriber: S
     error: RedisMPXError
 
 
 @dataclass(frozen=True, slots=True)
-class PromiseFulfilled:
+class PromiseFulfilled(Generic[P]):
     """A message arrived on the promise's channel."""
 
-    promise: Any
+    promise: P
     data: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class PromiseExpired:
+class PromiseExpired(Generic[P]):
     """The promise's deadline passed first; awaiting it raises ``TimeoutError``."""
 
-    promise: Any
+    promise: P
 
 
 @dataclass(frozen=True, slots=True)
-class PromiseFailed:
+class PromiseFailed(Generic[P]):
     """The promise can no longer be fulfilled.
 
     ``error`` is a :class:`PromiseInterrupted` after a connection loss, or a
     :class:`SubscriptionClosed` when its subscription or the multiplexer closed.
     """
 
-    promise: Any
+    promise: P
     error: RedisMPXError
 
 
@@ -143,15 +154,16 @@ class CommandFailed:
     error: ServerError | ConnectionLost
 
 
-Event = (
-    MessagesReceived
+#: Any event of a core whose subscriptions are owned by ``S`` and promises by ``P``.
+Event: TypeAlias = (
+    MessagesReceived[S]
     | ConnectionEstablished
-    | NamesActivated
-    | NameRejected
-    | SubscriptionDisconnected
-    | PromiseFulfilled
-    | PromiseExpired
-    | PromiseFailed
+    | NamesActivated[S]
+    | NameRejected[S]
+    | SubscriptionDisconnected[S]
+    | PromiseFulfilled[P]
+    | PromiseExpired[P]
+    | PromiseFailed[P]
     | PublishCompleted
     | PublishFailed
     | CommandCompleted

@@ -24,7 +24,7 @@ from redismpx_core import (
     PublishCompleted,
     PublishFailed,
     ServerError,
-    Subscription,
+    SubscriptionHandle,
     SubscriptionClosed,
     SubscriptionDisconnected,
     SubscriptionKind,
@@ -146,7 +146,7 @@ def test_names_are_split_into_commands_of_bounded_size() -> None:
     )
 
 
-def _batch_in_flight(protocol: int) -> tuple[MultiplexerCore, Subscription, Subscription]:
+def _batch_in_flight(protocol: int) -> tuple[MultiplexerCore, SubscriptionHandle, SubscriptionHandle]:
     """SUBSCRIBE x y z in flight: A holds all three, B holds y."""
     core = ready_core(protocol)
     a = core.open_subscription(CHANNEL, "A")
@@ -773,7 +773,7 @@ def test_backoff_applies_full_jitter() -> None:
 # ---------------------------------------------------------------- promises (SPEC 3.8)
 
 
-def promise_core(protocol: int = 2) -> tuple[MultiplexerCore, Subscription]:
+def promise_core(protocol: int = 2) -> tuple[MultiplexerCore, SubscriptionHandle]:
     core = ready_core(protocol)
     sub, events = core.open_promise_subscription("job[1]-", "P")
     assert events == []
@@ -788,11 +788,11 @@ def test_a_promise_needs_an_active_subscription() -> None:
     core = ready_core()
     sub, _ = core.open_promise_subscription("p-", "P")
     with pytest.raises(InactiveSubscription):
-        core.new_promise(sub, "a", 1.0, 0.0)
+        core.new_promise(sub, "a", 1.0, 0.0, None)
     with pytest.raises(TypeError):
-        core.new_promise(sub, 5, 1.0, 0.0)
+        core.new_promise(sub, 5, 1.0, 0.0, None)
     with pytest.raises(ValueError, match="timeout"):
-        core.new_promise(sub, "a", 0, 0.0)
+        core.new_promise(sub, "a", 0, 0.0, None)
 
 
 @protocols
@@ -848,7 +848,7 @@ def test_closing_fails_pending_promises_with_subscription_closed() -> None:
     assert isinstance(events[0].error, SubscriptionClosed)
     assert core.data_to_send() == arr("PUNSUBSCRIBE", "job\\[1\\]-*")
     with pytest.raises(SubscriptionClosed):
-        core.new_promise(sub, "a", 1.0, 0.0)
+        core.new_promise(sub, "a", 1.0, 0.0, None)
 
 
 def test_a_pattern_shared_by_a_promise_and_a_pattern_subscription() -> None:
@@ -905,7 +905,7 @@ def test_close_fails_everything_and_refuses_new_work() -> None:
     assert core.data_to_send() == b""
     assert core.close() == []
     with pytest.raises(SubscriptionClosed):
-        core.open_subscription(CHANNEL)
+        core.open_subscription(CHANNEL, None)
     assert core.connection_lost(ConnectionLost("late")) == []
 
 
@@ -993,7 +993,7 @@ def test_a_batch_of_confirmations_is_one_activation_event_per_subscriber_in_a_ro
 @pytest.mark.parametrize("single", ["news", b"news"])
 def test_a_single_name_is_not_taken_for_its_letters(single: object) -> None:
     core = ready_core()
-    sub = core.open_subscription(SubscriptionKind.CHANNEL)
+    sub = core.open_subscription(SubscriptionKind.CHANNEL, None)
     with pytest.raises(TypeError, match="iterable"):
         core.add(sub, single)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="iterable"):
@@ -1004,7 +1004,7 @@ def test_a_single_name_is_not_taken_for_its_letters(single: object) -> None:
 
 def test_a_publish_goes_out_after_the_changes_made_before_it() -> None:
     core = ready_core(protocol=3)
-    sub = core.open_subscription(SubscriptionKind.CHANNEL)
+    sub = core.open_subscription(SubscriptionKind.CHANNEL, None)
     core.add(sub, [b"a"])
     core.data_to_send()
     core.receive_data(frame(3, "subscribe", "a", 1), 0.0)

@@ -27,7 +27,7 @@ def test_shard_batches_never_mix_slots() -> None:
     assert key_slot(TAGGED[0]) == key_slot(TAGGED[1]) != key_slot(OTHER)
     for cluster in (False, True):
         core = ready_core(cluster=cluster)
-        sub = core.open_subscription(SHARD)
+        sub = core.open_subscription(SHARD, None)
         core.add(sub, [TAGGED[0], OTHER, TAGGED[1]])
         assert core.data_to_send() == arr("SSUBSCRIBE", *TAGGED) + arr("SSUBSCRIBE", OTHER)
 
@@ -49,7 +49,7 @@ def test_a_redirected_ssubscribe_is_handed_back_in_cluster_mode() -> None:
 
 def test_a_redirect_breaks_the_connection_of_a_stand_alone_core() -> None:
     core = ready_core()
-    sub = core.open_subscription(SHARD)
+    sub = core.open_subscription(SHARD, None)
     core.add(sub, [OTHER])
     core.data_to_send()
     with pytest.raises(Exception, match="MOVED"):

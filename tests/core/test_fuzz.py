@@ -35,7 +35,7 @@ from redismpx_core import (
     PublishCompleted,
     PublishFailed,
     ServerError,
-    Subscription,
+    SubscriptionHandle,
     SubscriptionDisconnected,
     SubscriptionKind,
 )
@@ -61,7 +61,7 @@ FUZZ = settings(
 
 
 #: The subscriptions each core of connected_core() was given.
-SUBSCRIPTIONS: weakref.WeakKeyDictionary[MultiplexerCore, list[Subscription]] = (
+SUBSCRIPTIONS: weakref.WeakKeyDictionary[MultiplexerCore, list[SubscriptionHandle]] = (
     weakref.WeakKeyDictionary()
 )
 

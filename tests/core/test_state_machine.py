@@ -69,7 +69,7 @@ from redismpx_core import (
     PublishFailed,
     RedisMPXError,
     ServerError,
-    Subscription,
+    SubscriptionHandle,
     SubscriptionClosed,
     SubscriptionDisconnected,
     SubscriptionKind,
@@ -123,7 +123,7 @@ class SubModel:
     sid: int
     kind: SubscriptionKind
     owner: Owner
-    handle: Subscription
+    handle: SubscriptionHandle
     pattern: bytes = b""  # promise subscriptions
     prefix: bytes = b""
     held: dict[bytes, None] = field(default_factory=dict)
@@ -235,7 +235,7 @@ class CoreMachine(RuleBasedStateMachine):
     def _new_owner(self, what: str) -> Owner:
         return Owner(f"{what}{next(self.ids)}")
 
-    def _register(self, kind: SubscriptionKind, handle: Subscription, owner: Owner) -> SubModel:
+    def _register(self, kind: SubscriptionKind, handle: SubscriptionHandle, owner: Owner) -> SubModel:
         model = SubModel(next(self.ids), kind, owner, handle)
         assert handle.owner is owner
         self.subs[owner] = model
@@ -564,13 +564,13 @@ class CoreMachine(RuleBasedStateMachine):
                 self.core.add_pattern(sub.handle, b"ch*")
         if sub.kind is not PROMISE:
             with pytest.raises(closed):
-                self.core.new_promise(sub.handle, b"1", 1.0, self.now)
+                self.core.new_promise(sub.handle, b"1", 1.0, self.now, None)
         if not sub.closed:
             with pytest.raises(TypeError):
                 self.core.add(sub.handle, [42]) if sub.kind in (CHANNEL, SHARD) else (
                     self.core.add_pattern(sub.handle, 42)
                     if sub.kind is PATTERN
-                    else self.core.new_promise(sub.handle, 42, 1.0, self.now)
+                    else self.core.new_promise(sub.handle, 42, 1.0, self.now, None)
                 )
 
     @precondition(lambda self: not self.core_closed)
@@ -934,7 +934,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert self.core.data_to_send() == b""
         assert self.core.connection_lost(ConnectionLost("after close")) == []
         with pytest.raises(SubscriptionClosed):
-            self.core.open_subscription(CHANNEL)
+            self.core.open_subscription(CHANNEL, None)
         for sub in self.subs.values():
             assert sub.handle.closed
             assert self.core.close_subscription(sub.handle) == []
@@ -953,7 +953,7 @@ class CoreMachine(RuleBasedStateMachine):
                 self.core.add(sub.handle, [channel])
         if sub.kind is PROMISE:
             with pytest.raises(SubscriptionClosed):
-                self.core.new_promise(sub.handle, b"x", 1.0, self.now)
+                self.core.new_promise(sub.handle, b"x", 1.0, self.now, None)
         assert self.core.close_subscription(sub.handle) == []
 
     @precondition(lambda self: self.core_closed)
@@ -964,9 +964,9 @@ class CoreMachine(RuleBasedStateMachine):
         assert self.core.next_deadline() is None
         assert self.core.handle_timeout(self.now) == []
         with pytest.raises(SubscriptionClosed):
-            self.core.open_pattern_subscription(b"p*")
+            self.core.open_pattern_subscription(b"p*", None)
         with pytest.raises(SubscriptionClosed):
-            self.core.open_promise_subscription(b"p")
+            self.core.open_promise_subscription(b"p", None)
         with pytest.raises(ConnectionLost):
             self.core.publish(b"ch1", b"x")
 

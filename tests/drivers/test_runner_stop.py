@@ -53,7 +53,7 @@ def test_a_read_completed_as_the_runner_stops_is_not_fed(
         runner = runner_module.ConnectionRunner(
             core, settings, lambda events: None, lambda: None, "test"
         )
-        sub = core.open_subscription(SubscriptionKind.CHANNEL)
+        sub = core.open_subscription(SubscriptionKind.CHANNEL, None)
         core.add(sub, [b"runner-stop"])
         async with anyio.create_task_group() as group:
 
