@@ -8,7 +8,6 @@ Drivers (``redismpx_anyio``, ``redismpx_trio``, or your own) do the I/O.
 from ._backoff import Backoff
 from ._cluster import ClusterCore
 from ._core import MAX_NAMES_PER_COMMAND, ConnectionState, MultiplexerCore
-from ._delivery import DeliveryQueue, Message, Notice
 from ._errors import (
     AuthenticationError,
     ConnectionLost,
@@ -61,10 +60,6 @@ __all__ = (
     "Topology",
     "SLOTS",
     "key_slot",
-    # delivery to consumers
-    "DeliveryQueue",
-    "Message",
-    "Notice",
     # configuration
     "Settings",
     "OverflowPolicy",

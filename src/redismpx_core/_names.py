@@ -1,10 +1,11 @@
-"""Validation of the names users give us (channels, patterns, prefixes)."""
+"""Validation of the names users give us (channels, patterns, prefixes), and of what
+they publish on them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ("coerce_name", "coerce_names", "escape_glob")
+__all__ = ("check_publish", "coerce_name", "coerce_names", "escape_glob")
 
 
 def coerce_name(name: object, what: str = "name") -> bytes:
@@ -37,6 +38,18 @@ def coerce_names(names: Iterable[object], what: str = "name") -> list[bytes]:
     return list(dict.fromkeys(coerce_name(n, what) for n in names))
 
 
+def check_publish(channel: object, data: object) -> bytes:
+    """The channel of a PUBLISH as bytes, once it and the payload are both checked.
+
+    The payload must be ``bytes``: encoding text (or anything else) is the caller's
+    choice, not ours to guess.
+    """
+    name = coerce_name(channel, "channel")
+    if not isinstance(data, bytes):
+        raise TypeError(f"data must be bytes, not {type(data).__name__}")
+    return name
+
+
 _GLOB_SPECIALS = frozenset(b"*?[]\\")
 
 
@@ -50,3 +63,11 @@ def escape_glob(prefix: bytes) -> bytes:
             out.append(0x5C)  # backslash
         out.append(byte)
     return bytes(out)
+
+
+def check_publish(channel: object, data: object) -> bytes:
+    """A PUBLISH's arguments, checked at the call site: the channel as bytes."""
+    name = coerce_name(channel, "channel")
+    if not isinstance(data, bytes):
+        raise TypeError(f"data must be bytes, not {type(data).__name__}")
+    return name

@@ -22,22 +22,16 @@ the connection counts as up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ._core import _server_error
-from ._errors import ConnectionLost, MasterNotFound, ProtocolError, RedisMPXError
+from ._errors import MasterNotFound, ProtocolError, RedisMPXError
 from ._resp import NOT_ENOUGH_DATA, FrameReader, ParseError, ReplyError, pack_command
-from ._settings import Settings, _host_problem
+from ._settings import _host_problem
 
-__all__ = ("AskSentinel", "SentinelQuery", "find_master", "format_address")
+__all__ = ("SentinelQuery",)
 
 logger = logging.getLogger("redismpx")
-
-#: A driver's way to put one query to one sentinel (host, port): the address it
-#: answered, or None if it gave none within connect_timeout; raises RedisMPXError
-#: if the sentinel could not be reached or could not help.
-AskSentinel = Callable[[str, int, "SentinelQuery"], Awaitable["tuple[str, int] | None"]]
 
 #: An answer is two short strings: anything near this size is not one.
 MAX_ANSWER_SIZE: Final = 64 * 1024
@@ -45,11 +39,6 @@ MAX_ANSWER_SIZE: Final = 64 * 1024
 _MAX_PORT: Final = 65535
 _AUTH: Final = "auth"
 _ADDRESS: Final = "address"
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port`` for messages and logs, an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class SentinelQuery:
@@ -162,39 +151,3 @@ def _parse_address(reply: Any) -> tuple[str, int]:
     if not raw_port.isdigit() or len(raw_port) > 5 or not 1 <= int(raw_port) <= _MAX_PORT:
         raise ProtocolError(f"the sentinel gave a port that is not from 1 to {_MAX_PORT}")
     return host, int(raw_port)
-
-
-async def find_master(settings: Settings, ask: AskSentinel) -> tuple[str, int]:
-    """Ask the sentinels in turn where the master is; the first answer wins.
-
-    The loop both drivers run, over their own ``ask``; raises :class:`ConnectionLost`
-    saying why each sentinel failed when none answered.
-    """
-    assert settings.master_name is not None
-    failures: list[str] = []
-    for host, port in settings.sentinels:
-        where = format_address(host, port)
-        query = SentinelQuery(
-            settings.master_name,
-            username=settings.sentinel_username,
-            password=settings.sentinel_password,
-        )
-        try:
-            address = await ask(host, port, query)
-        except RedisMPXError as exc:
-            failures.append(f"{where}: {exc}")
-            continue
-        if address is None:
-            failures.append(f"{where}: no answer within connect_timeout")
-            continue
-        logger.info(
-            "redismpx sentinel %s gives master %r at %s",
-            where,
-            settings.master_name,
-            format_address(*address),
-        )
-        return address
-    raise ConnectionLost(
-        f"no sentinel gave the address of master {settings.master_name!r} "
-        f"({'; '.join(failures)})"
-    )

@@ -1,32 +1,27 @@
-"""The I/O boundary: opening trio streams, and the one place trio's errors become ours."""
+"""The trio backend: the front end's clock, signals, tasks, scopes and streams on trio
+alone, and the one place trio's errors become ours."""
 
 from __future__ import annotations
 
 import math
+import random
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 
 import trio
+import trio.lowlevel
 
-from redismpx_core import ConnectionLost, SentinelQuery, Settings
+from redismpx_core import ConnectionLost
 from redismpx_core._errors import describe_cause
-from redismpx_core._sentinel import find_master, format_address
 
-__all__ = ("map_exceptions", "open_stream")
+__all__ = ("TrioBackend",)
 
-#: A sentinel's answer is a few dozen bytes.
-_SENTINEL_READ_SIZE = 4096
+#: Bytes asked of the socket per read.
+READ_SIZE = 64 * 1024
 
 #: What a broken or refused connection raises under trio.
-_IO_ERRORS = (
-    OSError,
-    ssl.SSLError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.TooSlowError,
-)
+_IO_ERRORS = (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @contextmanager
@@ -34,68 +29,61 @@ def map_exceptions() -> Iterator[None]:
     """Turn trio's and the OS's connection errors into :class:`ConnectionLost`."""
     try:
         yield
-    except trio.TooSlowError:
-        raise ConnectionLost("connect_timeout expired") from None
     except _IO_ERRORS as exc:
         raise ConnectionLost(describe_cause(exc)) from exc
 
 
-async def open_stream(settings: Settings) -> trio.abc.Stream:
-    """Connect as ``settings`` says (TCP, TLS or a unix socket), within connect_timeout.
+class _Stream:
+    __slots__ = ("_stream",)
 
-    In sentinel mode the address is the master's, as the first sentinel to answer gives it.
-    """
-    timeout = math.inf if settings.connect_timeout is None else settings.connect_timeout
-    if settings.scheme == "unix":
-        assert settings.path is not None
-        with map_exceptions(), trio.fail_after(timeout):
-            return await trio.open_unix_socket(settings.path)
-    if not settings.sentinels:
-        assert settings.host is not None
-        assert settings.port is not None
-        return await _connect(settings, settings.host, settings.port)
-    host, port = await find_master(settings, partial(_ask_in_time, settings))
-    try:
-        return await _connect(settings, host, port)
-    except ConnectionLost as exc:
-        # The URL names only the sentinels: say where they sent us.
-        where = f"master {settings.master_name!r} at {format_address(host, port)}"
-        raise ConnectionLost(f"{where}: {exc}") from exc
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+
+    async def receive(self) -> bytes:
+        with map_exceptions():
+            data = await self._stream.receive_some(READ_SIZE)
+        if not data:
+            raise ConnectionLost("the server closed the connection")
+        return bytes(data)
+
+    async def send(self, data: bytes) -> None:
+        with map_exceptions():
+            await self._stream.send_all(data)
+
+    async def aclose(self) -> None:
+        with map_exceptions():
+            await self._stream.aclose()
 
 
-async def _connect(settings: Settings, host: str, port: int) -> trio.abc.Stream:
-    timeout = math.inf if settings.connect_timeout is None else settings.connect_timeout
-    with map_exceptions(), trio.fail_after(timeout):
-        if settings.scheme == "rediss":
-            # Certificates and host names are verified unless the caller's context says not.
-            context = settings.ssl or ssl.create_default_context()
-            stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=context)
+class TrioBackend:
+    """:class:`redismpx_frontend.Backend` on trio."""
+
+    __slots__ = ()
+
+    random = staticmethod(random.random)
+    now = staticmethod(trio.current_time)
+    new_signal = trio.Event
+    open_task_group = staticmethod(trio.open_nursery)
+    checkpoint = staticmethod(trio.lowlevel.checkpoint)
+
+    @staticmethod
+    def cancel_scope(*, deadline: float = math.inf, shield: bool = False) -> trio.CancelScope:
+        return trio.CancelScope(deadline=deadline, shield=shield)
+
+    @staticmethod
+    async def connect_tcp(host: str, port: int, tls: ssl.SSLContext | None) -> _Stream:
+        with map_exceptions():
+            if tls is None:
+                return _Stream(await trio.open_tcp_stream(host, port))
+            stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=tls)
             try:
-                await stream.do_handshake()  # fail here, inside connect_timeout
+                await stream.do_handshake()  # fail here, within the caller's deadline
             except BaseException:
                 await trio.aclose_forcefully(stream)  # or its socket would leak
                 raise
-            return stream
-        return await trio.open_tcp_stream(host, port)
+            return _Stream(stream)
 
-
-async def _ask_in_time(
-    settings: Settings, host: str, port: int, query: SentinelQuery
-) -> tuple[str, int] | None:
-    timeout = math.inf if settings.connect_timeout is None else settings.connect_timeout
-    with map_exceptions(), trio.move_on_after(timeout):
-        return await _ask_sentinel(host, port, query)
-    return None
-
-
-async def _ask_sentinel(host: str, port: int, query: SentinelQuery) -> tuple[str, int]:
-    """One sentinel's answer: connect, ask, read until the query has it (or raises)."""
-    async with await trio.open_tcp_stream(host, port) as stream:
-        await stream.send_all(query.data_to_send())
-        while True:
-            data = await stream.receive_some(_SENTINEL_READ_SIZE)
-            if not data:
-                raise ConnectionLost("the server closed the connection")
-            address = query.receive_data(data)
-            if address is not None:
-                return address
+    @staticmethod
+    async def connect_unix(path: str) -> _Stream:
+        with map_exceptions():
+            return _Stream(await trio.open_unix_socket(path))

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-import redismpx_core._frontend
+import redismpx_frontend._iterator
 from redis_servers import RedisServer
 from redismpx_trio import HealthCheckTimeout, Multiplexer, SubscriptionClosed
 
@@ -174,7 +174,7 @@ def test_async_methods_are_checkpoints(redis_server: RedisServer) -> None:
             await promise
             with trio.testing.assert_checkpoints():
                 assert await promise == b"v"  # already settled
-            every = redismpx_core._frontend.ITERATOR_CHECKPOINT_EVERY
+            every = redismpx_frontend._iterator.ITERATOR_CHECKPOINT_EVERY
             async with mpx.subscribe("trio-iter", buffer_size=every + 10) as it:
                 for i in range(every + 10):
                     await mpx.publish("trio-iter", b"%d" % i)

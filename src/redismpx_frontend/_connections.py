@@ -1,0 +1,345 @@
+"""Where a multiplexer's traffic goes: the connection strategies of one front end.
+
+:class:`ServerConnections` serves one server (or the master the sentinels name):
+one link carries the subscriptions; publishes share it under RESP3 and take a
+second link, opened on first use, under RESP2 (where Redis refuses PUBLISH on a
+subscribed connection). :class:`ClusterConnections` serves a Redis Cluster: a
+:class:`~redismpx_core.ClusterCore` says which node connections it wants, and this
+strategy keeps exactly those links running, runs the router's timer, and routes
+publishes. Subscriptions, iterators and promises are the same objects over both:
+they talk to the strategy's ``router``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from redismpx_core import (
+    ClusterCore,
+    MessagesReceived,
+    Node,
+    ServerError,
+    Settings,
+    Statistics,
+    SubscriptionClosed,
+)
+from redismpx_core._cluster import ConnectionKey
+
+from ._backend import Signal
+from ._engine import Core, Engine, Events, PromiseOwner, Router, Subscriber
+from ._link import Link
+
+__all__ = ("ClusterConnections", "Connections", "ServerConnections")
+
+#: A publish redirected (MOVED) is sent again on the new owner, this many times at most.
+PUBLISH_ATTEMPTS = 5
+
+
+class Connections(Protocol):
+    """A connection strategy, as the engine and the multiplexer use it."""
+
+    @property
+    def router(self) -> Router: ...
+    @property
+    def connected(self) -> bool: ...
+    def start(self) -> None: ...
+    def changed(self) -> None:
+        """Subscriptions changed (the core queued bytes, or a new deadline): wake writers."""
+        ...
+
+    def stop(self) -> None:
+        """The multiplexer is closing: stop every connection (before the cores close)."""
+        ...
+
+    def close(self) -> None:
+        """Close the cores, fail what waits on them (after :meth:`stop`)."""
+        ...
+
+    async def wait_connected(self) -> None: ...
+    async def publish(self, channel: bytes, data: bytes, *, sharded: bool) -> int: ...
+    def statistics(self, delivered: int, dropped: int) -> Statistics: ...
+
+
+class ServerConnections:
+    """One server: a subscriber link, and a publisher link under RESP2."""
+
+    __slots__ = ("_engine", "_publisher", "_subscriber")
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._subscriber = Link(engine, engine.new_core(), engine.settings, "subscriber")
+        self._publisher: Link | None = None
+
+    @property
+    def router(self) -> Core:
+        return self._subscriber.core
+
+    @property
+    def connected(self) -> bool:
+        return self._subscriber.ready
+
+    def start(self) -> None:
+        self._subscriber.start()
+
+    def changed(self) -> None:
+        self._subscriber.wake()
+
+    def stop(self) -> None:
+        for link in self._links():
+            link.stop()
+
+    def close(self) -> None:
+        for link in self._links():
+            self._engine.dispatch(link.core.close(), link.take_reply)
+            link.close()
+
+    def _links(self) -> list[Link]:
+        if self._publisher is None:
+            return [self._subscriber]
+        return [self._subscriber, self._publisher]
+
+    async def wait_connected(self) -> None:
+        await self._subscriber.wait_ready()
+
+    async def publish(self, channel: bytes, data: bytes, *, sharded: bool) -> int:
+        return await self._publishing_link().publish(channel, data, sharded=sharded)
+
+    def _publishing_link(self) -> Link:
+        if self._engine.settings.protocol == 3:
+            return self._subscriber
+        if self._publisher is None:
+            engine = self._engine
+            self._publisher = Link(engine, engine.new_core(), engine.settings, "publisher")
+            self._publisher.start()
+        return self._publisher
+
+    def statistics(self, delivered: int, dropped: int) -> Statistics:
+        return self.router.statistics(messages_delivered=delivered, messages_dropped=dropped)
+
+
+class ClusterConnections:
+    """A Redis Cluster: one link per node connection the router wants."""
+
+    __slots__ = (
+        "_changed",
+        "_engine",
+        "_links",
+        "_ready",
+        "_router",
+        "_timer_deadline",
+        "_timer_wake",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        startup: Sequence[Node],
+        refresh_interval: float,
+    ) -> None:
+        self._engine = engine
+        settings = engine.settings
+        self._router: ClusterCore[Subscriber, PromiseOwner] = ClusterCore(
+            startup,
+            random=engine.backend.random,
+            refresh_interval=refresh_interval,
+            tls=settings.scheme == "rediss",
+            **settings.core_options(),
+        )
+        self._links: dict[ConnectionKey, Link] = {}
+        backend = engine.backend
+        self._ready = backend.new_signal()
+        # Set after every input from a connection or the timer: publishers waiting for
+        # a connection look again.
+        self._changed = backend.new_signal()
+        self._timer_wake = backend.new_signal()
+        self._timer_deadline: float | None = None
+
+    @property
+    def router(self) -> ClusterCore[Subscriber, PromiseOwner]:
+        return self._router
+
+    @property
+    def connected(self) -> bool:
+        return self._router.connected
+
+    def start(self) -> None:
+        self._engine.spawn(self._run_timer)
+        self._reconcile()
+
+    def changed(self) -> None:
+        self._reconcile()
+
+    def stop(self) -> None:
+        for link in self._links.values():
+            link.stop()
+
+    def close(self) -> None:
+        # The router closes every node's core; a publish still waiting hears of the close.
+        self._engine.dispatch(self._router.close())
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+        self._ready.set()
+        self._changed.set()
+        self._timer_wake.set()
+
+    # ---- the links the router wants
+
+    def _reconcile(self) -> None:
+        """Keep a link for exactly the connections the router wants; wake writers."""
+        engine = self._engine
+        if engine.closed or not engine.started:
+            return
+        wanted = self._router.connections()
+        links = self._links
+        for key in [k for k, link in links.items() if wanted.get(k) is not link.core]:
+            links.pop(key).stop()
+        for key, core in wanted.items():
+            link = links.get(key)
+            if link is None:
+                link = links[key] = self._node_link(key, core)
+                link.start()
+            elif core.wants_write:
+                link.wake()
+        if self._router.connected:
+            self._ready.set()
+        elif self._ready.is_set():
+            self._ready = engine.backend.new_signal()
+        deadline = self._router.next_deadline()
+        waiting_until = self._timer_deadline
+        if deadline is not None and (waiting_until is None or deadline < waiting_until):
+            _set(self._timer_wake)  # the timer sleeps too long: wake it to look again
+
+    def _node_link(self, key: ConnectionKey, core: Core) -> Link:
+        role, node = key
+        settings = replace(self._engine.settings, host=node.host, port=node.port)
+        return Link(
+            self._engine,
+            core,
+            settings,
+            f"{role} {node}",
+            on_events=lambda link, events: self._node_events(key, link, events),
+            on_lost=lambda: self._node_lost(key),
+        )
+
+    def _node_events(self, key: ConnectionKey, link: Link, events: Events) -> None:
+        router = self._router
+        engine = self._engine
+        if not router.holds_events and all(type(e) is MessagesReceived for e in events):
+            # The common read: messages only, which change nothing the router decides.
+            engine.dispatch(events)
+            return
+        events = router.handle_events(key, events, engine.backend.now())
+        # The link's own readiness serves its publishes; the multiplexer's is the router's
+        # (the topology known and the home connection up), set in _reconcile.
+        engine.dispatch(events, link.take_reply)
+        self._after_input()
+
+    def _node_lost(self, key: ConnectionKey) -> None:
+        self._engine.dispatch(self._router.connection_lost(key, self._engine.backend.now()))
+        self._after_input()
+
+    def _after_input(self) -> None:
+        self._reconcile()
+        _set(self._changed)
+
+    async def _run_timer(self) -> None:
+        engine = self._engine
+        backend = engine.backend
+        router = self._router
+        while not engine.closed:
+            wake = self._timer_wake
+            if wake.is_set():
+                self._timer_wake = wake = backend.new_signal()
+            self._timer_deadline = deadline = router.next_deadline()
+            with backend.cancel_scope(deadline=_forever if deadline is None else deadline):
+                await wake.wait()
+            self._timer_deadline = None
+            deadline = router.next_deadline()
+            now = backend.now()
+            if deadline is not None and now >= deadline:
+                engine.dispatch(router.handle_timeout(now))
+                self._after_input()
+
+    # ---- waiting and publishing
+
+    async def wait_connected(self) -> None:
+        """Until the topology is known and the channel connection is up."""
+        engine = self._engine
+        while True:
+            ready = self._ready
+            await ready.wait()
+            if engine.closed:
+                raise SubscriptionClosed("the multiplexer is closed")
+            if ready is self._ready:
+                return
+
+    async def publish(self, channel: bytes, data: bytes, *, sharded: bool) -> int:
+        error: ServerError | None = None
+        for _ in range(PUBLISH_ATTEMPTS):
+            key = await self._publish_target(channel, sharded)
+            try:
+                return await self._links[key].publish(channel, data, sharded=sharded)
+            except ServerError as exc:
+                if exc.code != "MOVED":
+                    raise
+                error = exc  # the slot moved: ask its new owner
+            self._router.moved(error, key)
+            self._reconcile()
+        assert error is not None
+        raise error
+
+    async def _publish_target(self, channel: bytes, sharded: bool) -> ConnectionKey:
+        """The ready commands connection for ``channel``, once there is one."""
+        engine = self._engine
+        while True:
+            if engine.closed:
+                raise SubscriptionClosed("the multiplexer is closed")
+            key = self._router.publish_target(channel, sharded=sharded)
+            if key is not None and key in self._links:
+                return key
+            changed = self._changed
+            if changed.is_set():
+                self._changed = engine.backend.new_signal()
+                continue  # look again before sleeping: the change may be what we need
+            self._reconcile()  # opens the connection publish_target asked for
+            await changed.wait()
+
+    def statistics(self, delivered: int, dropped: int) -> Statistics:
+        return self._router.statistics(messages_delivered=delivered, messages_dropped=dropped)
+
+
+_forever = float("inf")
+
+
+def _set(signal: Signal) -> None:
+    if not signal.is_set():
+        signal.set()
+
+
+def cluster_startup(
+    urls: str | Sequence[str], options: dict[str, object]
+) -> tuple[list[Node], Settings]:
+    """The startup nodes of ``ClusterMultiplexer(urls, **options)``, and the settings of
+    every node connection (those of the first URL), checked."""
+    listed = [urls] if isinstance(urls, str) else list(urls)
+    if not listed or not all(isinstance(url, str) for url in listed):
+        raise TypeError("startup_urls must be a URL or a non-empty list of URLs")
+    nodes = []
+    first: Settings | None = None
+    for url in listed:
+        settings = Settings.from_url(url, **options)  # type: ignore[arg-type]
+        if settings.scheme == "unix":
+            raise ValueError("a cluster node is reached over TCP, not a unix socket")
+        if settings.sentinels:
+            raise ValueError("a cluster is found through its startup nodes, not sentinels")
+        if settings.db != 0:
+            raise ValueError("Redis Cluster has only database 0")
+        assert settings.host is not None
+        assert settings.port is not None
+        nodes.append(Node(settings.host, settings.port))
+        first = first or settings
+    assert first is not None
+    return nodes, first
