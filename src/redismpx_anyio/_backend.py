@@ -1,91 +1,36 @@
-"""The anyio backend: the front end's clock, signals, tasks, scopes and streams on anyio
-(under asyncio or trio), and the one place anyio's errors become ours."""
+"""The anyio backend (under asyncio or trio): anyio's task groups and connections; its
+clock, events and cancel scopes are named as trio's."""
 
 from __future__ import annotations
 
-import math
-import random
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from redismpx_core import ConnectionLost
-from redismpx_core._errors import describe_cause
+from redismpx_frontend import Address, LibraryStream, StreamErrors, StructuredBackend
 
-__all__ = ("AnyioBackend",)
+__all__ = ("BACKEND",)
 
-#: Bytes asked of the socket per read.
-READ_SIZE = 64 * 1024
-
-#: What a broken or refused connection raises under anyio, on either event loop.
-_IO_ERRORS = (
-    OSError,  # includes ConnectionError
-    ssl.SSLError,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
+_ERRORS = StreamErrors(
+    ended=(anyio.EndOfStream,),
+    failed=(OSError, ssl.SSLError, anyio.BrokenResourceError, anyio.ClosedResourceError),
 )
 
 
-@contextmanager
-def map_exceptions() -> Iterator[None]:
-    """Turn anyio's and the OS's connection errors into :class:`ConnectionLost`."""
-    try:
-        yield
-    except anyio.EndOfStream:
-        raise ConnectionLost("the server closed the connection") from None
-    except _IO_ERRORS as exc:
-        raise ConnectionLost(describe_cause(exc)) from exc
-
-
-class _Stream:
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        self._stream = stream
-
-    async def receive(self) -> bytes:
-        with map_exceptions():
-            return await self._stream.receive(READ_SIZE)
-
-    async def send(self, data: bytes) -> None:
-        with map_exceptions():
-            await self._stream.send(data)
-
-    async def aclose(self) -> None:
-        with map_exceptions():
-            await self._stream.aclose()
-
-
-class AnyioBackend:
-    """:class:`redismpx_frontend.Backend` on anyio."""
-
-    __slots__ = ()
-
-    random = staticmethod(random.random)
-    now = staticmethod(anyio.current_time)
-    new_signal = anyio.Event
-    open_task_group = staticmethod(anyio.create_task_group)
-    checkpoint = staticmethod(anyio.lowlevel.checkpoint)
-
-    @staticmethod
-    def cancel_scope(*, deadline: float = math.inf, shield: bool = False) -> anyio.CancelScope:
-        return anyio.CancelScope(deadline=deadline, shield=shield)
-
-    @staticmethod
-    async def connect_tcp(host: str, port: int, tls: ssl.SSLContext | None) -> _Stream:
-        with map_exceptions():
-            if tls is None:
-                return _Stream(await anyio.connect_tcp(host, port))
+async def _connect(address: Address) -> LibraryStream:
+    stream: anyio.abc.ByteStream
+    with _ERRORS.mapped():
+        if address.path is not None:
+            stream = await anyio.connect_unix(address.path)
+        elif address.tls is None:
+            stream = await anyio.connect_tcp(address.host, address.port)
+        else:  # anyio completes the TLS handshake before it returns
             stream = await anyio.connect_tcp(
-                host, port, ssl_context=tls, tls_hostname=host, tls_standard_compatible=False
+                address.host, address.port, ssl_context=address.tls, tls_standard_compatible=False
             )
-            return _Stream(stream)
+    return LibraryStream(stream.receive, stream.send, stream.aclose, _ERRORS)
 
-    @staticmethod
-    async def connect_unix(path: str) -> _Stream:
-        with map_exceptions():
-            return _Stream(await anyio.connect_unix(path))
+
+BACKEND = StructuredBackend(anyio, anyio.lowlevel.checkpoint, anyio.create_task_group, _connect)

@@ -9,7 +9,18 @@ signals, a task group, cancel scopes, streams). ``redismpx_anyio`` and
 :class:`Backend` and use :class:`Multiplexer` here (docs/embedding.md).
 """
 
-from ._backend import Backend, CancelScope, Signal, Stream, TaskGroup
+from ._backend import (
+    Address,
+    Backend,
+    CancelScope,
+    LibraryStream,
+    Signal,
+    Stream,
+    StreamErrors,
+    StructuredBackend,
+    TaskGroup,
+    TrioNames,
+)
 from ._multiplexer import ClusterMultiplexer, Multiplexer, MultiplexerAPI
 from .common import *  # noqa: F403 - the names every driver re-exports, listed once
 from .common import __all__ as _common
@@ -21,9 +32,15 @@ __all__ = (
     "MultiplexerAPI",
     # the backend protocol
     "Backend",
+    "Address",
     "Stream",
     "Signal",
     "TaskGroup",
     "CancelScope",
+    # building a backend
+    "StructuredBackend",
+    "TrioNames",
+    "LibraryStream",
+    "StreamErrors",
     *_common,
 )

@@ -34,15 +34,46 @@ The contract, beyond the signatures:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from redismpx_core import ConnectionLost
+from redismpx_core._errors import describe_cause
 
 if TYPE_CHECKING:
     from ssl import SSLContext
 
-__all__ = ("Backend", "CancelScope", "Signal", "Stream", "TaskGroup")
+__all__ = (
+    "READ_SIZE",
+    "Address",
+    "Backend",
+    "CancelScope",
+    "LibraryStream",
+    "Signal",
+    "Stream",
+    "StreamErrors",
+    "StructuredBackend",
+    "TaskGroup",
+    "TrioNames",
+)
+
+#: Bytes asked of a socket per read.
+READ_SIZE: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where to connect: a unix socket's ``path``, or else ``host`` and ``port``, over TLS
+    when ``tls`` is given (verifying ``host`` as its context says)."""
+
+    host: str = ""
+    port: int = 0
+    tls: SSLContext | None = None
+    path: str | None = None
 
 
 class Signal(Protocol):
@@ -84,7 +115,7 @@ class TaskGroup(Protocol):
 class Stream(Protocol):
     """One connection's bytes, both ways. Every failure is a ``ConnectionLost``."""
 
-    async def receive(self) -> bytes:
+    async def receive(self) -> bytes | bytearray:
         """The next bytes (up to a buffer's worth, never empty); raises ``ConnectionLost``
         on end of stream."""
         ...
@@ -124,11 +155,113 @@ class Backend(Protocol):
         """Let other tasks run (and deliver a pending cancellation)."""
         ...
 
-    async def connect_tcp(self, host: str, port: int, tls: SSLContext | None) -> Stream:
-        """A TCP connection, over TLS when ``tls`` is given (its handshake done, ``host``
-        as the name to verify). Raises ``ConnectionLost`` when it cannot be made."""
+    async def connect(self, address: Address, /) -> Stream:
+        """A connection to ``address`` (over TLS when it says so, the handshake done);
+        raises ``ConnectionLost`` when it cannot be made."""
         ...
 
-    async def connect_unix(self, path: str) -> Stream:
-        """A unix-socket connection; raises ``ConnectionLost`` when it cannot be made."""
-        ...
+
+class StreamErrors:
+    """How an I/O library says a connection is over: ``ended`` (the peer closed it) and
+    ``failed`` (anything else that breaks it). :meth:`mapped` turns them into
+    ``ConnectionLost``: the one boundary where a backend's errors become ours."""
+
+    __slots__ = ("ended", "failed")
+
+    def __init__(
+        self, *, ended: tuple[type[BaseException], ...], failed: tuple[type[BaseException], ...]
+    ) -> None:
+        self.ended = ended
+        self.failed = failed
+
+    @contextmanager
+    def mapped(self) -> Iterator[None]:
+        try:
+            yield
+        except self.ended:
+            raise ConnectionLost("the server closed the connection") from None
+        except self.failed as exc:
+            raise ConnectionLost(describe_cause(exc)) from exc
+
+
+class LibraryStream:
+    """An I/O library's byte stream as a :class:`Stream`: its own ``receive(max_bytes)``
+    (an empty read is the end of the stream), ``send`` and ``aclose``, with its errors
+    mapped by ``errors``."""
+
+    __slots__ = ("_aclose", "_errors", "_receive", "_send")
+
+    def __init__(
+        self,
+        receive: Callable[[int], Awaitable[bytes | bytearray]],
+        send: Callable[[bytes], Awaitable[None]],
+        aclose: Callable[[], Awaitable[None]],
+        errors: StreamErrors,
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self._aclose = aclose
+        self._errors = errors
+
+    async def receive(self) -> bytes | bytearray:
+        # No context manager here: this runs once per read, on the hot path.
+        errors = self._errors
+        try:
+            data = await self._receive(READ_SIZE)
+        except errors.ended:
+            data = b""
+        except errors.failed as exc:
+            raise ConnectionLost(describe_cause(exc)) from exc
+        if not data:
+            raise ConnectionLost("the server closed the connection")
+        return data
+
+    async def send(self, data: bytes) -> None:
+        with self._errors.mapped():
+            await self._send(data)
+
+    async def aclose(self) -> None:
+        with self._errors.mapped():
+            await self._aclose()
+
+
+class TrioNames(Protocol):
+    """A library that names its clock, events and cancel scopes as trio does: the
+    ``trio`` module, and the ``anyio`` module, which follows trio's names."""
+
+    def current_time(self) -> float: ...
+    @property
+    def Event(self) -> Callable[[], Signal]: ...
+    @property
+    def CancelScope(self) -> Callable[..., CancelScope]: ...
+
+
+class StructuredBackend:
+    """A :class:`Backend` on a structured-concurrency library (``library``: its module),
+    given what it keeps elsewhere or spells its own way: its checkpoint, how it opens a
+    task group, and how it connects. Jitter comes from :func:`random.random`."""
+
+    __slots__ = (
+        "cancel_scope",
+        "checkpoint",
+        "connect",
+        "new_signal",
+        "now",
+        "open_task_group",
+        "random",
+    )
+
+    def __init__(
+        self,
+        library: TrioNames,
+        checkpoint: Callable[[], Coroutine[Any, Any, None]],
+        open_task_group: Callable[[], AbstractAsyncContextManager[TaskGroup]],
+        connect: Callable[[Address], Coroutine[Any, Any, Stream]],
+    ) -> None:
+        self.now = library.current_time
+        self.random = random.random
+        self.new_signal = library.Event
+        self.cancel_scope = library.CancelScope
+        self.checkpoint = checkpoint
+        self.open_task_group = open_task_group
+        self.connect = connect

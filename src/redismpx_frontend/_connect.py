@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 
 from redismpx_core import ConnectionLost, RedisMPXError, SentinelQuery, Settings
 
-from ._backend import Backend, Stream
+from ._backend import Address, Backend, Stream
 
 __all__ = ("CLOSE_TIMEOUT", "close_stream", "format_address", "open_stream")
 
@@ -37,7 +37,7 @@ async def open_stream(backend: Backend, settings: Settings) -> Stream:
     """Connect as ``settings`` says; raises ``ConnectionLost`` when it cannot, in time."""
     if settings.scheme == "unix":
         assert settings.path is not None  # the settings checked it
-        return await _within(backend, settings, backend.connect_unix(settings.path))
+        return await _within(backend, settings, backend.connect(Address(path=settings.path)))
     if not settings.sentinels:
         assert settings.host is not None
         assert settings.port is not None
@@ -56,7 +56,7 @@ async def _connect(backend: Backend, settings: Settings, host: str, port: int) -
     if settings.scheme == "rediss":
         # Certificates and host names are verified unless the caller's context says not.
         tls = settings.ssl or ssl.create_default_context()
-    return await _within(backend, settings, backend.connect_tcp(host, port, tls))
+    return await _within(backend, settings, backend.connect(Address(host, port, tls)))
 
 
 async def _within(backend: Backend, settings: Settings, connecting: Awaitable[Stream]) -> Stream:
@@ -111,7 +111,7 @@ async def _find_master(backend: Backend, settings: Settings) -> tuple[str, int]:
 
 async def _ask(backend: Backend, host: str, port: int, query: SentinelQuery) -> tuple[str, int]:
     """One sentinel's answer: connect, ask, read until the query has it (or raises)."""
-    stream = await backend.connect_tcp(host, port, None)
+    stream = await backend.connect(Address(host, port))
     try:
         await stream.send(query.data_to_send())
         while True:
@@ -124,7 +124,9 @@ async def _ask(backend: Backend, host: str, port: int, query: SentinelQuery) -> 
 
 async def close_stream(backend: Backend, stream: Stream) -> None:
     """Close ``stream`` even while being cancelled, within :data:`CLOSE_TIMEOUT`."""
-    with backend.cancel_scope(deadline=backend.now() + CLOSE_TIMEOUT, shield=True):
-        # Closing what already failed: the reason is already known.
-        with contextlib.suppress(RedisMPXError):
-            await stream.aclose()
+    # Closing what already failed: its reason is known already.
+    with (
+        backend.cancel_scope(deadline=backend.now() + CLOSE_TIMEOUT, shield=True),
+        contextlib.suppress(RedisMPXError),
+    ):
+        await stream.aclose()

@@ -63,28 +63,32 @@ class Connections(Protocol):
 
 
 class ServerConnections:
-    """One server: a subscriber link, and a publisher link under RESP2."""
+    """One server: a subscriber link, and a publisher link under RESP2.
 
-    __slots__ = ("_engine", "_publisher", "_subscriber")
+    The links (their runners and signals) are made when the multiplexer starts, in
+    its event loop: constructing a multiplexer needs none.
+    """
+
+    __slots__ = ("_engine", "_publisher", "_subscriber", "router")
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._subscriber = Link(engine, engine.new_core(), engine.settings, "subscriber")
+        self.router: Core = engine.new_core()
+        self._subscriber: Link | None = None
         self._publisher: Link | None = None
 
     @property
-    def router(self) -> Core:
-        return self._subscriber.core
-
-    @property
     def connected(self) -> bool:
-        return self._subscriber.ready
+        return self._subscriber is not None and self._subscriber.ready
 
     def start(self) -> None:
+        engine = self._engine
+        self._subscriber = Link(engine, self.router, engine.settings, "subscriber")
         self._subscriber.start()
 
     def changed(self) -> None:
-        self._subscriber.wake()
+        if self._subscriber is not None:
+            self._subscriber.wake()
 
     def stop(self) -> None:
         for link in self._links():
@@ -96,17 +100,17 @@ class ServerConnections:
             link.close()
 
     def _links(self) -> list[Link]:
-        if self._publisher is None:
-            return [self._subscriber]
-        return [self._subscriber, self._publisher]
+        return [link for link in (self._subscriber, self._publisher) if link is not None]
 
     async def wait_connected(self) -> None:
+        assert self._subscriber is not None  # the engine checked it was started
         await self._subscriber.wait_ready()
 
     async def publish(self, channel: bytes, data: bytes, *, sharded: bool) -> int:
         return await self._publishing_link().publish(channel, data, sharded=sharded)
 
     def _publishing_link(self) -> Link:
+        assert self._subscriber is not None  # the engine checked it was started
         if self._engine.settings.protocol == 3:
             return self._subscriber
         if self._publisher is None:
@@ -148,12 +152,12 @@ class ClusterConnections:
             **settings.core_options(),
         )
         self._links: dict[ConnectionKey, Link] = {}
-        backend = engine.backend
-        self._ready = backend.new_signal()
+        # The loop's signals replace these in start().
+        self._ready: Signal = _NOT_STARTED
         # Set after every input from a connection or the timer: publishers waiting for
         # a connection look again.
-        self._changed = backend.new_signal()
-        self._timer_wake = backend.new_signal()
+        self._changed: Signal = _NOT_STARTED
+        self._timer_wake: Signal = _NOT_STARTED
         self._timer_deadline: float | None = None
 
     @property
@@ -165,6 +169,10 @@ class ClusterConnections:
         return self._router.connected
 
     def start(self) -> None:
+        backend = self._engine.backend
+        self._ready = backend.new_signal()
+        self._changed = backend.new_signal()
+        self._timer_wake = backend.new_signal()
         self._engine.spawn(self._run_timer)
         self._reconcile()
 
@@ -312,6 +320,24 @@ class ClusterConnections:
 
 
 _forever = float("inf")
+
+
+class _NotStarted:
+    """A signal before the event loop runs: setting it is harmless, waiting a bug."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+    def is_set(self) -> bool:
+        return False
+
+    async def wait(self) -> None:
+        raise RuntimeError("the multiplexer has not started")
+
+
+_NOT_STARTED = _NotStarted()
 
 
 def _set(signal: Signal) -> None:

@@ -281,7 +281,7 @@ class CallbackConsumer:
                 if item is None:
                     continue
                 if item.__class__ is Notice:
-                    await self._run_notice(item)  # type: ignore[arg-type]
+                    await self._run_notice(item)
                     continue
                 channel, payload, _pattern = item  # type: ignore[misc]
                 engine.delivered += 1
@@ -300,16 +300,17 @@ class CallbackConsumer:
             if kind is _AWAIT:
                 await notice.value  # type: ignore[misc]
             elif kind is _ACTIVATED:
-                callback = self._on_activation
-                assert callback is not None  # only queued with a callback
-                for name in notice.value:  # type: ignore[attr-defined]
-                    result = callback(name)
+                on_activation = self._on_activation
+                assert on_activation is not None  # only queued with a callback
+                names: list[bytes] = notice.value  # type: ignore[assignment]
+                for name in names:
+                    result = on_activation(name)
                     if _is_awaitable(result):
                         await result
             else:
-                callback = self._on_disconnect
-                assert callback is not None
-                result = callback(notice.value)
+                on_disconnect = self._on_disconnect
+                assert on_disconnect is not None  # likewise
+                result = on_disconnect(notice.value)  # type: ignore[arg-type]
                 if _is_awaitable(result):
                     await result
         except Exception as exc:

@@ -169,7 +169,7 @@ class DeliveryQueue:
         while items:
             item = items.popleft()
             if item.__class__ is Notice:
-                if item.kind is NoticeKind.ACTIVATED:  # type: ignore[union-attr]
+                if item.kind is NoticeKind.ACTIVATED:
                     self._activations -= 1
                 return item
             if (item[2] or item[0]) in held:  # type: ignore[index]
@@ -212,7 +212,7 @@ class DeliveryQueue:
         kept = [
             item
             for item in self.items
-            if item.__class__ is not Notice or item.kind is not NoticeKind.ACTIVATED  # type: ignore[union-attr]
+            if item.__class__ is not Notice or item.kind is not NoticeKind.ACTIVATED
         ]
         self.items.clear()
         self.items.extend(kept)

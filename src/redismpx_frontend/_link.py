@@ -107,15 +107,16 @@ class Link:
         if type(event) is ConnectionEstablished:
             log_handshake(self._role, self._target, self.core)
             self._ready.set()
-        elif type(event) is PublishCompleted or type(event) is PublishFailed:
+        elif type(event) is PublishCompleted:
             waiter = self._waiters.pop(event.token, None)
-            if waiter is None:
-                return  # its caller gave up (cancelled)
-            if type(event) is PublishCompleted:
+            if waiter is not None:  # (None: its caller gave up, cancelled)
                 waiter.receivers = event.receivers
-            else:
+                waiter.signal.set()
+        elif type(event) is PublishFailed:
+            waiter = self._waiters.pop(event.token, None)
+            if waiter is not None:
                 waiter.error = event.error
-            waiter.signal.set()
+                waiter.signal.set()
 
     def _lost(self, then: Callable[[], None] | None) -> None:
         if self._ready.is_set() and not self._engine.closed:

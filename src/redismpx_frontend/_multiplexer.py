@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from redismpx_core import OverflowPolicy, Settings, Statistics, SubscriptionKind
 from redismpx_core._names import check_publish, coerce_name
@@ -36,7 +36,28 @@ __all__ = ("ClusterMultiplexer", "Multiplexer", "MultiplexerAPI")
 
 
 class MultiplexerAPI:
-    """What both multiplexers offer (see :class:`Multiplexer`)."""
+    """What both multiplexers offer (see :class:`Multiplexer`).
+
+    A subclass may name its default backend: ``class Multiplexer(redismpx_frontend.
+    Multiplexer, backend=...)`` is how a driver makes its own.
+    """
+
+    _default_backend: ClassVar[Backend | None] = None
+
+    def __init_subclass__(cls, *, backend: Backend | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if backend is not None:
+            cls._default_backend = backend
+
+    @classmethod
+    def _backend(cls, backend: Backend | None) -> Backend:
+        chosen = backend if backend is not None else cls._default_backend
+        if chosen is None:
+            raise TypeError(
+                f"{cls.__name__} needs a backend=, or use a driver's "
+                f"(redismpx_anyio.{cls.__name__}, redismpx_trio.{cls.__name__})"
+            )
+        return chosen
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -245,9 +266,14 @@ class Multiplexer(MultiplexerAPI):
     """
 
     def __init__(
-        self, url: str = "redis://localhost:6379/0", *, backend: Backend, **options: Any
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        backend: Backend | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(Engine(backend, Settings.from_url(url, **options), ServerConnections))
+        settings = Settings.from_url(url, **options)
+        super().__init__(Engine(self._backend(backend), settings, ServerConnections))
 
 
 class ClusterMultiplexer(MultiplexerAPI):
@@ -262,7 +288,7 @@ class ClusterMultiplexer(MultiplexerAPI):
         self,
         startup_urls: str | Sequence[str] = "redis://localhost:6379/0",
         *,
-        backend: Backend,
+        backend: Backend | None = None,
         refresh_interval: float = 30.0,
         **options: Any,
     ) -> None:
@@ -270,7 +296,7 @@ class ClusterMultiplexer(MultiplexerAPI):
         self._startup_nodes = len(nodes)
         super().__init__(
             Engine(
-                backend,
+                self._backend(backend),
                 settings,
                 lambda engine: ClusterConnections(engine, nodes, refresh_interval),
             )
