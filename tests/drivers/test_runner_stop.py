@@ -14,44 +14,56 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import pytest
 
 from drivers.conftest import Driver, wait_until
 from redis_servers import RedisServer
 from redismpx_core import ConnectionState, MultiplexerCore, Settings, SubscriptionKind
+from redismpx_frontend import Stream
+from redismpx_frontend._connect import open_stream
+from redismpx_frontend._runner import ConnectionRunner
+
+
+class StopOnRead:
+    """A stream that stops the runner (as the router would, from another task) just as a
+    read completes, and closes the core."""
+
+    def __init__(self, stream: Stream, stop: Any, core: MultiplexerCore[Any, Any]) -> None:
+        self._stream = stream
+        self._stop = stop
+        self._core = core
+
+    async def receive(self) -> bytes | bytearray:
+        data = await self._stream.receive()
+        if self._core.state is ConnectionState.READY:
+            self._stop()  # what the router does, then it closes the core
+            self._core.close()
+        return data
+
+    async def send(self, data: bytes) -> None:
+        await self._stream.send(data)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 def test_a_read_completed_as_the_runner_stops_is_not_fed(
-    driver: Driver, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    driver: Driver, redis_server: RedisServer
 ) -> None:
-    runner_module = importlib.import_module(driver.module.__name__ + "._runner")
+    backend = importlib.import_module(driver.module.__name__ + "._backend").BACKEND
     settings = Settings.from_url(redis_server.url)
-    core = MultiplexerCore(random=lambda: 0.5, **settings.core_options())
+    core: MultiplexerCore[Any, Any] = MultiplexerCore(
+        random=lambda: 0.5, **settings.core_options()
+    )
     errors: list[BaseException] = []
     runner: Any = None
-    opened = runner_module.open_stream
 
-    async def open_stream(settings: Settings) -> Any:
-        stream = await opened(settings)
-        receive = "receive" if hasattr(stream, "receive") else "receive_some"
-        original = getattr(stream, receive)
-
-        async def receive_then_stop(*args: Any) -> bytes:
-            data: bytes = await original(*args)
-            if core.state is ConnectionState.READY:
-                runner.stop()  # what the router does, then it closes the core
-                core.close()
-            return data
-
-        setattr(stream, receive, receive_then_stop)
-        return stream
-
-    monkeypatch.setattr(runner_module, "open_stream", open_stream)
+    async def connect() -> Stream:
+        return StopOnRead(await open_stream(backend, settings), runner.stop, core)
 
     async def body() -> None:
         nonlocal runner
-        runner = runner_module.ConnectionRunner(
-            core, settings, lambda events: None, lambda: None, "test"
+        runner = ConnectionRunner(
+            backend, core, connect, lambda events: None, lambda: None, role="test", target="t"
         )
         sub = core.open_subscription(SubscriptionKind.CHANNEL, None)
         core.add(sub, [b"runner-stop"])
