@@ -23,6 +23,7 @@ from redismpx_core import (
     OverflowPolicy,
     RedisMPXError,
     ServerError,
+    Settings,
     SubscriptionKind,
     SubscriptionOverflow,
 )
@@ -52,11 +53,11 @@ _AWAIT = NoticeKind.AWAIT
 
 
 def buffer_options(
-    engine: Engine, buffer_size: int | None, overflow: OverflowPolicy | str | None
+    settings: Settings, buffer_size: int | None, overflow: OverflowPolicy | str | None
 ) -> tuple[int, OverflowPolicy]:
     """A subscription's buffer size and policy: its own, or the multiplexer's."""
-    size = engine.settings.buffer_size if buffer_size is None else buffer_size
-    policy = engine.settings.overflow if overflow is None else overflow
+    size = settings.buffer_size if buffer_size is None else buffer_size
+    policy = settings.overflow if overflow is None else overflow
     if isinstance(size, bool) or not isinstance(size, int):
         raise TypeError(f"buffer_size must be an int, not {type(size).__name__}")
     if size < 1:
@@ -112,7 +113,7 @@ class CallbackConsumer:
         _check_callable("on_message", on_message)
         _check_callable("on_disconnect", on_disconnect, optional=True)
         _check_callable("on_activation", on_activation, optional=True)
-        self._size, self._policy = buffer_options(engine, buffer_size, overflow)
+        self._size, self._policy = buffer_options(engine.settings, buffer_size, overflow)
         engine.check_usable()
         self.engine = engine
         self._on_message = on_message

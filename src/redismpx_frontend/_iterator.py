@@ -130,7 +130,7 @@ class MessageIterator:
         buffer_size: int | None,
         overflow: OverflowPolicy | str | None,
     ) -> None:
-        self._size, self._policy = buffer_options(engine, buffer_size, overflow)
+        self._size, self._policy = buffer_options(engine.settings, buffer_size, overflow)
         if kind is SubscriptionKind.PATTERN:
             patterns = list(names)
             self._names = [coerce_name(patterns[0], "pattern")] if patterns else []

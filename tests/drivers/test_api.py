@@ -1543,3 +1543,65 @@ def test_exceptions_are_exported(driver: Any) -> None:
     assert issubclass(m.AuthenticationError, m.ServerError)
     assert issubclass(m.SubscriptionOverflow, m.SubscriptionClosed)
     assert not issubclass(TimeoutError, m.RedisMPXError)
+
+
+def test_an_iterator_raises_a_refusal_on_resubscription(
+    driver: Any, redis_server_factory: Any
+) -> None:
+    """Defect 1 of issue 14: an ACL change drops the client, and on reconnect Redis
+    refuses the iterator's name. The iterator used to end up with no names, not closed,
+    and blocked for good; the refusal must reach its reader (SPEC 3.12)."""
+    server = redis_server_factory(
+        *acl_user("u", "on", ">pw", "~*", "+@all", "resetchannels", "&chan")
+    )
+
+    async def body() -> None:
+        errors: list[Exception] = []
+        mpx = driver.Multiplexer(
+            server.url, username="u", password="pw", backoff_base=0.01, backoff_cap=0.05
+        )
+        async with mpx:
+            sub = mpx.new_channel_subscription(lambda c, d: None, errors.append)
+            async with mpx.subscribe("chan") as it:
+                sub.add("chan")
+                await wait_server(lambda: numsub(server, "chan") == 1)
+                # Redis drops the clients of a user whose channel permissions shrink.
+                server.command("ACL", "SETUSER", "u", "resetchannels", "&other")
+                with anyio.fail_after(5):
+                    with pytest.raises(driver.module.ServerError) as info:
+                        await it.__anext__()
+                assert info.value.code == "NOPERM"
+                assert it.closed
+                with pytest.raises(driver.module.ServerError):  # and again, not a hang
+                    await it.__anext__()
+            await wait_until(lambda: any(isinstance(e, driver.module.ServerError) for e in errors))
+            assert sub.names == frozenset()
+            assert mpx.statistics().subscriptions == 1  # the callback one, with no names
+
+    driver.run(body)
+
+
+def test_an_iterator_never_entered_subscribes_nothing(
+    driver: Any, redis_server: RedisServer
+) -> None:
+    """Defect 6 of issue 14: ``mpx.subscribe(...)`` subscribed at once and held the name
+    until the multiplexer closed, even when never entered. It subscribes on entering."""
+    chan = uniq("never-entered")
+
+    async def body() -> None:
+        async with driver.Multiplexer(redis_server.url) as mpx:
+            it = mpx.subscribe(chan)  # the arguments are checked, nothing is subscribed
+            await round_trip(mpx)  # anything queued before now has reached the server
+            assert numsub(redis_server, chan) == 0
+            assert mpx.statistics().subscriptions == 1  # the round trip's own
+            assert not it.closed
+            async with it:
+                assert numsub(redis_server, chan) == 1
+            await wait_server(lambda: numsub(redis_server, chan) == 0)
+            with pytest.raises(driver.module.SubscriptionClosed):
+                async with it:
+                    pytest.fail("entered twice")
+            with pytest.raises(RuntimeError, match="enter"):
+                await mpx.subscribe(chan).__anext__()
+
+    driver.run(body)

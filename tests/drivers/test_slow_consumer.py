@@ -485,3 +485,60 @@ def test_close_policy_overflow_notifies_on_disconnect_once(
             assert isinstance(errors[0], driver.module.SubscriptionOverflow)
 
     driver.run(body)
+
+
+def test_a_stuck_consumer_holds_a_bounded_buffer_through_reconnects(
+    driver: Any, redis_server_factory: RedisServerFactory
+) -> None:
+    """Defect 4 of issue 14: a stuck async consumer (``buffer_size=16``) holding 2,000
+    names held one notice per name per activation: 2,001 after one reconnect, 10,005
+    after five. Notices now count against the bound: a batch of activations is one
+    notice, and a disconnect supersedes the activations queued before it."""
+    server = redis_server_factory()
+    names = [b"stuck-notices:%d" % i for i in range(2000)]
+
+    async def body() -> None:
+        gate = anyio.Event()
+        log: list[tuple[str, object]] = []  # ("activated", name) and ("disconnected", error)
+
+        async def on_activation(name: bytes) -> None:
+            log.append(("activated", name))
+            await gate.wait()  # stuck on the very first activation
+
+        async def on_disconnect(error: Exception) -> None:
+            log.append(("disconnected", error))
+
+        async def on_message(channel: bytes, data: bytes) -> None:
+            pass
+
+        def since_last_disconnect() -> set[object]:
+            kinds = [kind for kind, _ in log]
+            if kinds.count("disconnected") < 5:
+                return set()
+            last = len(kinds) - 1 - kinds[::-1].index("disconnected")
+            return {value for kind, value in log[last:] if kind == "activated"}
+
+        options = {"backoff_base": 0.01, "backoff_cap": 0.05}
+        async with driver.Multiplexer(server.url, **options) as mpx:
+            sub = mpx.new_channel_subscription(
+                on_message, on_disconnect, on_activation, buffer_size=16
+            )
+            sub.add(*names)
+            await wait_until(lambda: log == [("activated", names[0])])
+            queue = sub._consumer.queue
+            for reconnect in range(1, 6):
+                server.command("CLIENT", "KILL", "TYPE", "pubsub")
+                await wait_until(
+                    lambda: mpx.statistics().connections_made == reconnect + 1  # noqa: B023
+                    and mpx.statistics().active_channels == len(names)
+                )
+                assert len(queue) <= 16, f"{len(queue)} items after {reconnect} reconnects"
+            kinds = [item.kind.value for item in queue.items]
+            assert kinds.count("disconnected") == 5  # one per loss, none dropped
+            assert "activated" not in kinds[: kinds.index("disconnected") + 5]
+            gate.set()
+            # Each outage is told once, and after the last every name is active again.
+            await wait_until(lambda: since_last_disconnect() == set(names))
+            assert [kind for kind, _ in log].count("disconnected") == 5
+
+    driver.run(body)
