@@ -105,7 +105,7 @@ class Clock:
 async def raw_loop(port: int, messages: int, buffer_size: int, clock: Clock) -> int:
     import anyio
 
-    from redismpx_anyio._runner import READ_SIZE
+    from redismpx_frontend._backend import READ_SIZE
 
     nothing = object()
     reader = hiredis.Reader(notEnoughData=nothing)
@@ -134,7 +134,7 @@ async def raw_trio_loop(port: int, messages: int, buffer_size: int, clock: Clock
     """The ceiling of the trio driver: trio's own stream, hiredis, nothing else."""
     import trio
 
-    from redismpx_trio._runner import READ_SIZE
+    from redismpx_frontend._backend import READ_SIZE
 
     nothing = object()
     reader = hiredis.Reader(notEnoughData=nothing)
