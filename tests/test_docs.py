@@ -19,7 +19,7 @@ from redis_servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PACKAGES = ("redismpx_anyio", "redismpx_trio", "redismpx_core")
+PACKAGES = ("redismpx_anyio", "redismpx_trio", "redismpx_frontend", "redismpx_core")
 QUICKSTARTS = ("quickstart-asyncio.md", "quickstart-trio.md")
 #: The URL the quickstarts' programs use; the test points them at its own server.
 DOCS_URL = "redis://localhost:6379/0"
