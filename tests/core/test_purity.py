@@ -57,3 +57,23 @@ def test_public_names_are_exported_once_as_a_tuple() -> None:
     assert len(set(redismpx_core.__all__)) == len(redismpx_core.__all__)
     for name in redismpx_core.__all__:
         assert hasattr(redismpx_core, name), name
+
+
+ASYNC_NODES = (ast.AsyncFunctionDef, ast.Await, ast.AsyncFor, ast.AsyncWith)
+
+
+def test_no_core_module_holds_async_code() -> None:
+    """The core is the state machine only: anything that needs an event loop (async
+    functions, await, async for/with) belongs to the front end (redismpx_frontend)."""
+    modules = sorted(CORE_DIR.glob("*.py"))
+    found = [
+        f"{path.name}:{node.lineno}"
+        for path in modules
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ASYNC_NODES)
+    ]
+    assert found == []
+    # and the check sees async code where there is some:
+    frontend = Path(redismpx_core.__file__).parent.parent / "redismpx_frontend" / "_runner.py"
+    tree = ast.parse(frontend.read_text())
+    assert any(isinstance(node, ASYNC_NODES) for node in ast.walk(tree))
