@@ -69,3 +69,28 @@ def test_cluster_throughput_runs() -> None:
         value, verdict = shown.split(" ", 1)
         assert float(value) > 0
         assert verdict in ("(goal >= 0.8: PASS)", "(goal >= 0.8: MISS)")
+
+
+def test_cluster_close_runs() -> None:
+    out = run("benchmarks/cluster_close.py", "--sizes", "200,400", "--rounds", "1")
+    last = out.splitlines()[-1]
+    assert last.startswith("cluster / single core: ")
+    assert all(float(part.split()[-1]) > 0 for part in last.split(": ", 1)[1].split(", "))
+
+
+def test_compare_commits_parses_what_the_scripts_print() -> None:
+    """The comparison reads the figures the suites print (the runs themselves take an
+    hour: they are for a quiet machine, not CI)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compare_commits
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    core = run("benchmarks/core_throughput.py", "--messages", "20000", "--rounds", "1")
+    assert set(compare_commits.core_figures(core)) == {
+        "core: core/hiredis ratio",
+        "core: core/sliced hiredis ratio",
+        "core: 1,000 subscriptions / 1",
+    }
+    driver = run("benchmarks/driver_throughput.py", "--messages", "5000", "--rounds", "1")
+    assert len(compare_commits.driver_figures(driver)) == 9

@@ -41,13 +41,32 @@ active again (``on_activation`` fires) once the new owner confirms it, as after 
 reconnect on one server. Cores left with nothing to carry are dropped, and the
 driver stops their connections. If the control's connection fails, the next node
 (masters of the last topology first, then the startup nodes) takes over.
+
+Names and placements
+--------------------
+
+The router keeps each name once: a user's handle maps every name it holds to the
+node it rides on, for a shard name its slot's owner (``None`` while unplaced), for
+channel, pattern and promise names ``None`` (they ride the home, whichever it is).
+Below it, a user handle has a handle of its own in each node core it has names on,
+its *placement* there; the node cores keep their names, the router does not copy
+them. Placements are indexed both ways, by subscription and by node, so that a
+change looks only at the (subscription, node) pairs it touches: closing one
+subscription among thousands costs what its own names cost, not a scan of all.
+A placement off the home is closed as soon as it has no names left (the home's
+stay, as the home connection does: names come and go there).
+
+A name a node refuses for good (``NOPERM`` under ACLs: any refusal that is not a
+redirect) has left the node's handle; it leaves the user's too, as on one server,
+and the refusal goes on to the front end. A later ``add`` then subscribes it again,
+and no move (of its slot, or of the home) carries it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any, Final, Literal
+from typing import Any, Final, Generic, Literal
 
 from ._core import REDIRECT_CODES, ConnectionState, MultiplexerCore
 from ._errors import InactiveSubscription, ProtocolError, ServerError, SubscriptionClosed
@@ -56,6 +75,8 @@ from ._events import (
     CommandFailed,
     Event,
     NameRejected,
+    P,
+    S,
 )
 from ._handles import (
     PromiseHandle,
@@ -85,7 +106,7 @@ MIN_REFRESH_INTERVAL: Final = 0.1
 DISTRUST_REFRESHES: Final = 10
 
 
-class ClusterCore:
+class ClusterCore(Generic[S, P]):
     """Routes subscriptions and publishes over one core per cluster node connection."""
 
     def __init__(
@@ -120,15 +141,16 @@ class ClusterCore:
         self.tls = tls
 
         self.topology: Topology | None = None
-        self._subscribers: dict[Node, MultiplexerCore] = {}
-        self._commanders: dict[Node, MultiplexerCore] = {}
+        self._subscribers: dict[Node, MultiplexerCore[S, P]] = {}
+        self._commanders: dict[Node, MultiplexerCore[S, P]] = {}
         self._home = self._startup[0]
         self._subscribers[self._home] = self._new_core()  # the home connection is always up
-        # Each user handle's handles in the node cores it has names on.
-        self._placements: dict[SubscriptionHandle, dict[Node, SubscriptionHandle]] = {}
-        # Shard handles only: where each name rides (None: unplaced).
-        self._homes: dict[SubscriptionHandle, dict[bytes, Node | None]] = {}
-        self._by_owner: dict[Any, SubscriptionHandle] = {}
+        # Every open user handle, with its placements (its handles in the node cores).
+        self._placements: dict[SubscriptionHandle[S, P], dict[Node, SubscriptionHandle[S, P]]] = {}
+        # The same placements by node: the user handles each node core has a handle for.
+        self._carried: dict[Node, dict[SubscriptionHandle[S, P], None]] = {}
+        # Events name owners: the user handle an owner's event is about.
+        self._by_owner: dict[S, SubscriptionHandle[S, P]] = {}
         self._closed = False
 
         self._control = self._startup[0]
@@ -138,7 +160,7 @@ class ClusterCore:
         # refresh count then). See DISTRUST_REFRESHES.
         self._given_up: dict[int, tuple[Node, int]] = {}
         # Events of cores closed on the router's own initiative, for the next output.
-        self._held: list[Event] = []
+        self._held: list[Event[S, P]] = []
         self._use_cluster_slots = False
         self._refresh_wanted = True
         self._refresh_token: int | None = None
@@ -152,28 +174,28 @@ class ClusterCore:
 
     # ------------------------------------------------------------------ connections
 
-    def connections(self) -> dict[ConnectionKey, MultiplexerCore]:
+    def connections(self) -> dict[ConnectionKey, MultiplexerCore[S, P]]:
         """Every connection the driver should keep open now, and the core it runs."""
-        wanted: dict[ConnectionKey, MultiplexerCore] = {}
+        wanted: dict[ConnectionKey, MultiplexerCore[S, P]] = {}
         for node, core in self._subscribers.items():
             wanted["subscriber", node] = core
         for node, core in self._commanders.items():
             wanted["commands", node] = core
         return wanted
 
-    def _subscriber(self, node: Node) -> MultiplexerCore:
+    def _subscriber(self, node: Node) -> MultiplexerCore[S, P]:
         core = self._subscribers.get(node)
         if core is None:
             core = self._subscribers[node] = self._new_core()
         return core
 
-    def _commander(self, node: Node) -> MultiplexerCore:
+    def _commander(self, node: Node) -> MultiplexerCore[S, P]:
         core = self._commanders.get(node)
         if core is None:
             core = self._commanders[node] = self._new_core()
         return core
 
-    def _new_core(self) -> MultiplexerCore:
+    def _new_core(self) -> MultiplexerCore[S, P]:
         return MultiplexerCore(random=self._random, cluster=True, **self._core_options)
 
     @property
@@ -192,10 +214,6 @@ class ClusterCore:
         )
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def holds_events(self) -> bool:
         """True if events of cores it closed wait for the next output (any input takes them)."""
         return bool(self._held)
@@ -209,122 +227,114 @@ class ClusterCore:
 
     # ------------------------------------------------------------------ subscriptions
 
-    def open_subscription(self, kind: SubscriptionKind, owner: Any) -> SubscriptionHandle:
+    def open_subscription(self, kind: SubscriptionKind, owner: S) -> SubscriptionHandle[S, P]:
         """A new, empty channel, pattern or shard subscription."""
         self._check_open()
         if kind is SubscriptionKind.PROMISE:
             raise ValueError("use open_promise_subscription() for promise subscriptions")
-        handle = SubscriptionHandle(kind, owner)
+        handle: SubscriptionHandle[S, P] = SubscriptionHandle(kind, owner)
         self._placements[handle] = {}
-        self._by_owner[handle.owner] = handle
-        if kind is SubscriptionKind.SHARD:
-            self._homes[handle] = {}
-        elif kind is SubscriptionKind.CHANNEL:
+        self._by_owner[owner] = handle
+        if kind is SubscriptionKind.CHANNEL:
             self._node_handle(handle, self._home)  # so that the home connection opens
         return handle
 
     def open_pattern_subscription(
-        self, pattern: object, owner: Any
-    ) -> tuple[SubscriptionHandle, list[Event]]:
+        self, pattern: object, owner: S
+    ) -> tuple[SubscriptionHandle[S, P], list[Event[S, P]]]:
         name = coerce_name(pattern, "pattern")
         handle = self.open_subscription(SubscriptionKind.PATTERN, owner)
         return handle, self.add_pattern(handle, name)
 
-    def add_pattern(self, sub: SubscriptionHandle, pattern: object) -> list[Event]:
+    def add_pattern(self, sub: SubscriptionHandle[S, P], pattern: object) -> list[Event[S, P]]:
         self._check_sub(sub)
         name = pattern_to_add(sub, pattern)
-        events = self._home_core().add_pattern(self._node_handle(sub, self._home), name)
+        events = self._subscriber(self._home).add_pattern(self._node_handle(sub, self._home), name)
         sub.names[name] = None
         return events
 
     def open_promise_subscription(
-        self, prefix: object, owner: Any
-    ) -> tuple[SubscriptionHandle, list[Event]]:
-        handle = new_promise_subscription(prefix, owner)
+        self, prefix: object, owner: S
+    ) -> tuple[SubscriptionHandle[S, P], list[Event[S, P]]]:
+        handle: SubscriptionHandle[S, P] = new_promise_subscription(prefix, owner)
         self._check_open()
         self._placements[handle] = {}
-        self._by_owner[handle.owner] = handle
+        self._by_owner[owner] = handle
         events = self._place_promises(handle, self._home)
         handle.names[handle.pattern] = None
         return handle, events
 
-    def _place_promises(self, handle: SubscriptionHandle, node: Node) -> list[Event]:
+    def _place_promises(self, handle: SubscriptionHandle[S, P], node: Node) -> list[Event[S, P]]:
         node_handle, events = self._subscriber(node).open_promise_subscription(
             handle.prefix, handle.owner
         )
-        self._placements[handle][node] = node_handle
+        self._place(handle, node, node_handle)
         return events
 
-    def add(self, sub: SubscriptionHandle, names: Iterable[object]) -> list[Event]:
+    def add(self, sub: SubscriptionHandle[S, P], names: Iterable[object]) -> list[Event[S, P]]:
         """Add names to a channel or shard subscription (activations of names already active)."""
         self._check_sub(sub)
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name")
         new = [name for name in coerce_names(names, "channel") if name not in sub.names]
         if sub.kind is SubscriptionKind.CHANNEL:
-            events = self._home_core().add(self._node_handle(sub, self._home), new)
+            events = self._subscriber(self._home).add(self._node_handle(sub, self._home), new)
             sub.names.update(dict.fromkeys(new))
             return events
-        homes = self._homes[sub]
+        placed = {name: self._owner(key_slot(name)) for name in new}
+        sub.names.update(placed)
         events = []
-        for node, group in self._by_owner_node(new).items():
+        for node, group in _by_node(placed).items():
             if node is None:
                 self._refresh_wanted = True  # the owner is unknown: ask
             else:
                 events += self._subscriber(node).add(self._node_handle(sub, node), group)
-            homes.update(dict.fromkeys(group, node))
-        sub.names.update(dict.fromkeys(new))
         return events
 
-    def remove(self, sub: SubscriptionHandle, names: Iterable[object]) -> None:
+    def remove(self, sub: SubscriptionHandle[S, P], names: Iterable[object]) -> None:
         """Remove names from a channel or shard subscription (names it lacks are ignored)."""
         self._check_sub(sub)
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name")
         self._remove(sub, coerce_names(names, "channel"))
 
-    def clear(self, sub: SubscriptionHandle) -> None:
+    def clear(self, sub: SubscriptionHandle[S, P]) -> None:
         self._check_sub(sub)
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name: close it")
         self._remove(sub, list(sub.names))
 
-    def _remove(self, sub: SubscriptionHandle, names: Iterable[bytes]) -> None:
-        held = [name for name in dict.fromkeys(names) if name in sub.names]
+    def _remove(self, sub: SubscriptionHandle[S, P], names: Iterable[bytes]) -> None:
+        held = {name: sub.names.pop(name) for name in names if name in sub.names}
+        if not held:
+            return
         if sub.kind is SubscriptionKind.CHANNEL:
-            placement = self._placements[sub].get(self._home)
-            if placement is not None:
-                self._subscribers[self._home].remove(placement, held)
+            groups: dict[Node | None, list[bytes]] = {self._home: list(held)}
         else:
-            homes = self._homes[sub]
-            by_node: dict[Node | None, list[bytes]] = {}
-            for name in held:
-                by_node.setdefault(homes.pop(name), []).append(name)
-            for node, group in by_node.items():
-                if node is not None:
-                    self._subscribers[node].remove(self._placements[sub][node], group)
-        for name in held:
-            del sub.names[name]
-        self._drop_idle_cores()
+            groups = _by_node(held)
+        placement = self._placements[sub]
+        for node, group in groups.items():
+            if node is not None:
+                self._subscribers[node].remove(placement[node], group)
+                self._release(sub, node)
 
-    def close_subscription(self, sub: SubscriptionHandle) -> list[Event]:
+    def close_subscription(self, sub: SubscriptionHandle[S, P]) -> list[Event[S, P]]:
         """Close a subscription: drop its names, fail its promises. Closing twice is fine."""
         if sub.closed:
             return []
-        events: list[Event] = []
-        for node, node_handle in self._placements.pop(sub, {}).items():
+        events: list[Event[S, P]] = []
+        for node, node_handle in self._placements.pop(sub).items():
             events += self._subscribers[node].close_subscription(node_handle)
-        self._homes.pop(sub, None)
-        self._by_owner.pop(sub.owner, None)
+            self._uncarry(sub, node)
+        del self._by_owner[sub.owner]
         sub.names.clear()
         sub.closed = True
         sub.release_owner()
-        self._drop_idle_cores()
         return events
 
     def new_promise(
-        self, sub: SubscriptionHandle, suffix: object, timeout: float, now: float, owner: Any
-    ) -> PromiseHandle:
+        self, sub: SubscriptionHandle[S, P], suffix: object, timeout: float, now: float, owner: P
+    ) -> PromiseHandle[S, P]:
         """A promise on ``prefix + suffix`` (see :meth:`MultiplexerCore.new_promise`)."""
         if sub.kind is not SubscriptionKind.PROMISE:
             raise TypeError("new_promise() needs a promise subscription")
@@ -334,34 +344,69 @@ class ClusterCore:
             raise InactiveSubscription("the promise subscription is not active")
         return self._subscribers[self._home].new_promise(node_handle, suffix, timeout, now, owner)
 
-    def subscription_owners(self) -> list[Any]:
-        return [sub.owner for sub in self._placements]
+    def subscription_owners(self) -> list[S]:
+        return list(self._by_owner)
 
-    def is_active(self, sub: SubscriptionHandle, name: bytes) -> bool:
+    def is_active(self, sub: SubscriptionHandle[S, P], name: bytes) -> bool:
         if name not in sub.names:
             return False
-        node = self._homes[sub].get(name) if sub.kind is SubscriptionKind.SHARD else self._home
+        node = sub.names[name] if sub.kind is SubscriptionKind.SHARD else self._home
         if node is None:
             return False
         node_handle = self._placements[sub].get(node)
         return node_handle is not None and self._subscribers[node].is_active(node_handle, name)
 
-    def _node_handle(self, sub: SubscriptionHandle, node: Node) -> SubscriptionHandle:
-        placement = self._placements[sub]
-        node_handle = placement.get(node)
+    # ------------------------------------------------------------------ placements
+
+    def _node_handle(self, sub: SubscriptionHandle[S, P], node: Node) -> SubscriptionHandle[S, P]:
+        """``sub``'s placement on ``node``, opened there if it has none yet."""
+        node_handle = self._placements[sub].get(node)
         if node_handle is None:
             node_handle = self._subscriber(node).open_subscription(sub.kind, sub.owner)
-            placement[node] = node_handle
+            self._place(sub, node, node_handle)
         return node_handle
 
-    def _home_core(self) -> MultiplexerCore:
-        return self._subscriber(self._home)
+    def _place(
+        self, sub: SubscriptionHandle[S, P], node: Node, node_handle: SubscriptionHandle[S, P]
+    ) -> None:
+        self._placements[sub][node] = node_handle
+        self._carried.setdefault(node, {})[sub] = None
 
-    def _by_owner_node(self, names: Iterable[bytes]) -> dict[Node | None, list[bytes]]:
-        groups: dict[Node | None, list[bytes]] = {}
-        for name in names:
-            groups.setdefault(self._owner(key_slot(name)), []).append(name)
-        return groups
+    def _release(self, sub: SubscriptionHandle[S, P], node: Node) -> None:
+        """Names left ``sub``'s placement on ``node``: close it if none are left (off the home).
+
+        It may be closed already: a refused batch leaves the node's handle all at once,
+        and the router hears of its names one event at a time.
+        """
+        node_handle = self._placements[sub].get(node)
+        if node_handle is not None and not node_handle.names and node != self._home:
+            self._held += self._unplace(sub, node)
+
+    def _unplace(self, sub: SubscriptionHandle[S, P], node: Node) -> list[Event[S, P]]:
+        """Close ``sub``'s placement on ``node`` (its promises fail)."""
+        events = self._subscribers[node].close_subscription(self._placements[sub].pop(node))
+        self._uncarry(sub, node)
+        return events
+
+    def _uncarry(self, sub: SubscriptionHandle[S, P], node: Node) -> None:
+        """``sub``'s placement on ``node`` is closed: drop the node's core if idle now."""
+        carried = self._carried[node]
+        del carried[sub]
+        if not carried:
+            del self._carried[node]
+            self._drop_if_idle(node)
+
+    def _drop_if_idle(self, node: Node) -> None:
+        """Close the subscriber core of a node that carries nothing and owns no slot (a
+        master's stays, names come and go; and the home's, always up)."""
+        if (
+            node == self._home
+            or node in self._carried
+            or node not in self._subscribers
+            or (self.topology is not None and node in self.topology.masters)
+        ):
+            return
+        self._held += self._subscribers.pop(node).close()
 
     def _owner(self, slot: int) -> Node | None:
         """Where the slot's names go now; None while unknown (the names wait)."""
@@ -381,7 +426,7 @@ class ClusterCore:
         if self._closed:
             raise SubscriptionClosed("the multiplexer is closed")
 
-    def _check_sub(self, sub: SubscriptionHandle) -> None:
+    def _check_sub(self, sub: SubscriptionHandle[S, P]) -> None:
         if sub.closed:
             raise SubscriptionClosed("the subscription is closed")
 
@@ -417,41 +462,42 @@ class ClusterCore:
 
     # ------------------------------------------------------------------ inputs
 
-    def handle_events(self, key: ConnectionKey, events: list[Event], now: float) -> list[Event]:
+    def handle_events(
+        self, key: ConnectionKey, events: list[Event[S, P]], now: float
+    ) -> list[Event[S, P]]:
         """Events of one node's core: the router's own are taken, the rest returned."""
         role, node = key
-        out: list[Event] = []
+        out: list[Event[S, P]] = []
         for event in events:
-            cls = event.__class__
-            if cls is NameRejected and role == "subscriber":
-                if self._rerouted(event, node):  # type: ignore[arg-type]
+            if isinstance(event, NameRejected):
+                if role == "subscriber" and self._rejected(event, node):
                     continue
             elif (
-                (cls is CommandCompleted or cls is CommandFailed)
+                isinstance(event, CommandCompleted | CommandFailed)
                 and role == "commands"
-                and event.token == self._refresh_token  # type: ignore[union-attr]
+                and event.token == self._refresh_token
                 and node == self._control
             ):
-                out += self._topology_reply(event, node, now)  # type: ignore[arg-type]
+                out += self._topology_reply(event, node, now)
                 continue
             out.append(event)
         self._pump(now)
         return self._take_held(out)
 
-    def _take_held(self, events: list[Event]) -> list[Event]:
+    def _take_held(self, events: list[Event[S, P]]) -> list[Event[S, P]]:
         if self._held:
             events += self._held
             self._held = []
         return events
 
-    def connection_lost(self, key: ConnectionKey, now: float) -> list[Event]:
+    def connection_lost(self, key: ConnectionKey, now: float) -> list[Event[S, P]]:
         """A node's connection failed or could not be made (after its core heard of it).
 
         The topology is asked again, and the router turns from the node: the control
         query moves to the next node, and so do the home's subscriptions.
         """
         role, node = key
-        events: list[Event] = []
+        events: list[Event[S, P]] = []
         if self._closed:
             return events
         self._refresh_wanted = True
@@ -464,14 +510,22 @@ class ClusterCore:
         return self._take_held(events)
 
     def next_deadline(self) -> float | None:
-        """When :meth:`handle_timeout` has work: a throttled or periodic refresh."""
+        """When :meth:`handle_timeout` has work: a throttled or periodic refresh.
+
+        A wanted query has a deadline only while it could go out then: once the control
+        connection exists and is not ready, the query waits for its handshake (which
+        :meth:`handle_events` hears), not for a time; a deadline in the past would have
+        the driver's timer call again and again for nothing.
+        """
         if self._closed:
             return None
         if self._refresh_wanted and self._refresh_token is None:
-            return self._refresh_not_before
+            control = self._commanders.get(self._control)
+            if control is None or control.state is ConnectionState.READY:
+                return self._refresh_not_before
         return self._next_periodic
 
-    def handle_timeout(self, now: float) -> list[Event]:
+    def handle_timeout(self, now: float) -> list[Event[S, P]]:
         if self._closed:
             return []
         if self._next_periodic is not None and now >= self._next_periodic:
@@ -500,7 +554,7 @@ class ClusterCore:
 
     def _topology_reply(
         self, event: CommandCompleted | CommandFailed, node: Node, now: float
-    ) -> list[Event]:
+    ) -> list[Event[S, P]]:
         self._refresh_token = None
         self._refresh_not_before = now + self.min_refresh_interval
         self._next_periodic = now + self.refresh_interval
@@ -535,7 +589,7 @@ class ClusterCore:
         position = candidates.index(node) if node in candidates else -1
         return candidates[(position + 1) % len(candidates)]
 
-    def _apply(self, topology: Topology) -> list[Event]:
+    def _apply(self, topology: Topology) -> list[Event[S, P]]:
         """Move every shard name whose slot changed owner; drop what is left idle."""
         self.topology = topology
         self._known.update(dict.fromkeys(topology.nodes))
@@ -543,11 +597,13 @@ class ClusterCore:
         for slot, (gave_up, _) in list(self._given_up.items()):
             if topology.owner(slot) != gave_up:
                 del self._given_up[slot]  # the cluster has moved on
-        events: list[Event] = []
-        for sub, homes in self._homes.items():
+        events: list[Event[S, P]] = []
+        for sub in [s for s in self._placements if s.kind is SubscriptionKind.SHARD]:
             moves: dict[tuple[Node | None, Node | None], list[bytes]] = {}
-            for name, node in homes.items():
+            for name, node in sub.names.items():
                 owner = self._owner(key_slot(name))
+                if owner is None:
+                    self._refresh_wanted = True  # some slot has no owner yet: look again
                 if owner != node:
                     moves.setdefault((node, owner), []).append(name)
             for (old, new), names in moves.items():
@@ -557,65 +613,87 @@ class ClusterCore:
             home is None or home.state is not ConnectionState.READY
         ):
             events += self._move_home(topology.masters[0] if topology.masters else self._home)
-        if any(node is None for homes in self._homes.values() for node in homes.values()):
-            self._refresh_wanted = True  # some slot has no owner yet: look again
         for node in [n for n in self._commanders if n != self._control]:
             if node not in topology.masters:
                 self._held += self._commanders.pop(node).close()
-        self._drop_idle_cores()
+        for node in list(self._subscribers):
+            self._drop_if_idle(node)  # the masters changed
         return events
 
     def _move(
-        self, sub: SubscriptionHandle, old: Node | None, new: Node | None, names: list[bytes]
-    ) -> list[Event]:
-        placement = self._placements[sub]
-        if old is not None and old in placement:
-            self._subscribers[old].remove(placement[old], names)
-        events: list[Event] = []
+        self,
+        sub: SubscriptionHandle[S, P],
+        old: Node | None,
+        new: Node | None,
+        names: list[bytes],
+    ) -> list[Event[S, P]]:
+        if old is not None:
+            self._subscribers[old].remove(self._placements[sub][old], names)
+            self._release(sub, old)
+        events: list[Event[S, P]] = []
         if new is not None:
             events = self._subscriber(new).add(self._node_handle(sub, new), names)
-        self._homes[sub].update(dict.fromkeys(names, new))
+        sub.names.update(dict.fromkeys(names, new))
         return events
 
-    def _rerouted(self, event: NameRejected, node: Node) -> bool:
-        """A node redirected a shard name: place it again. False if not ours to take."""
-        if event.error.code not in REDIRECT_CODES:
-            return False
+    def _rejected(self, event: NameRejected[S], node: Node) -> bool:
+        """``node``'s core dropped a name it was refused. True if the router takes the
+        event (a redirect: the name is placed again); False if it is the subscriber's to
+        hear (the name leaves the user's handle too)."""
         sub = self._by_owner.get(event.subscriber)
-        if sub is None or sub.kind is not SubscriptionKind.SHARD or event.name not in sub.names:
+        name = event.name
+        if sub is None:
             return False
+        # Only a name the store places on ``node`` is the router's to act on.
+        if sub.kind is SubscriptionKind.SHARD:
+            if sub.names.get(name) != node:
+                return False
+            if event.error.code in REDIRECT_CODES:
+                self._reroute(sub, name, node, event.error)
+                return True
+        elif node != self._home or name not in sub.names:
+            return False
+        # Refused for good: kept here, a later add would send nothing and a move would
+        # subscribe it again elsewhere (see "Names and placements").
+        del sub.names[name]
+        self._release(sub, node)
+        return False
+
+    def _reroute(
+        self, sub: SubscriptionHandle[S, P], name: bytes, node: Node, error: ServerError
+    ) -> None:
+        """``node`` redirected a shard name: place it again, where the redirect says if
+        it says, or once the next refresh does."""
         self._refresh_wanted = True
-        homes = self._homes[sub]
-        homes[event.name] = None
-        target = _redirect_target(event.error, node) if event.error.code == "MOVED" else None
-        slot = _redirect_slot(event.error)
-        if target is None and event.error.code == "MOVED":
+        sub.names[name] = None
+        self._release(sub, node)
+        target = _redirect_target(error, node) if error.code == "MOVED" else None
+        slot = _redirect_slot(error)
+        if target is None and error.code == "MOVED":
             # The node unsubscribed the name itself: it gave up the slot.
-            self._given_up[key_slot(event.name)] = (node, self.refreshes)
+            self._given_up[key_slot(name)] = (node, self.refreshes)
         if target is not None and target != node and slot is not None:
             self._redirects[slot] = target
-            self._held += self._subscriber(target).add(
-                self._node_handle(sub, target), [event.name]
-            )
-            homes[event.name] = target
-        return True
+            self._held += self._subscriber(target).add(self._node_handle(sub, target), [name])
+            sub.names[name] = target
 
-    def _move_home(self, new: Node) -> list[Event]:
+    def _move_home(self, new: Node) -> list[Event[S, P]]:
         """Channel, pattern and promise subscriptions go to ``new``'s connection."""
         old = self._home
         if new == old:
             return []
         self._home = new
-        events: list[Event] = []
-        for sub, placement in self._placements.items():
+        self._subscriber(new)  # the home connection is always up
+        events: list[Event[S, P]] = []
+        for sub in list(self._carried.get(old, ())):
             if sub.kind is SubscriptionKind.SHARD:
+                self._release(sub, old)  # its names ride their slot's owner, not the home
                 continue
-            node_handle = placement.pop(old, None)
-            if node_handle is not None:
-                # Its promises already failed with the connection, or fail now.
-                events += self._subscribers[old].close_subscription(node_handle)
+            # Its promises already failed with the connection, or fail now.
+            events += self._unplace(sub, old)
             if sub.kind is SubscriptionKind.PROMISE:
-                events += self._place_promises(sub, new)
+                if sub.names:  # (not if its pattern was refused)
+                    events += self._place_promises(sub, new)
             elif sub.kind is SubscriptionKind.PATTERN:
                 if sub.names:
                     events += self._subscriber(new).add_pattern(
@@ -623,40 +701,23 @@ class ClusterCore:
                     )
             else:
                 events += self._subscriber(new).add(self._node_handle(sub, new), list(sub.names))
-        self._subscriber(new)  # the home connection is always up
-        self._drop_idle_cores()
+        self._drop_if_idle(old)
         return events
-
-    def _drop_idle_cores(self) -> None:
-        """Close node handles with no names left, and the connections of nodes that
-        carry nothing and own no slot (a master's stays: names come and go)."""
-        masters = self.topology.masters if self.topology is not None else ()
-        for node in [n for n in self._subscribers if n != self._home]:
-            core = self._subscribers[node]
-            for placement in self._placements.values():
-                handle = placement.get(node)
-                if handle is not None and not handle.names:
-                    self._held += core.close_subscription(handle)
-                    del placement[node]
-            if node not in masters and not any(
-                node in placement for placement in self._placements.values()
-            ):
-                self._held += self._subscribers.pop(node).close()
 
     # ------------------------------------------------------------------ the whole
 
-    def close(self) -> list[Event]:
+    def close(self) -> list[Event[S, P]]:
         """Close every subscription and connection; every promise fails."""
         if self._closed:
             return []
-        events: list[Event] = []
+        events: list[Event[S, P]] = []
         for core in [*self._subscribers.values(), *self._commanders.values()]:
             events += core.close()
         for sub in self._placements:
             sub.closed = True
             sub.release_owner()
         self._placements.clear()
-        self._homes.clear()
+        self._carried.clear()
         self._by_owner.clear()
         self._closed = True
         return events
@@ -681,6 +742,14 @@ class ClusterCore:
             messages_dropped=messages_dropped,
             promises_pending=sum(p.promises_pending for p in parts),
         )
+
+
+def _by_node(placed: dict[bytes, Node | None]) -> dict[Node | None, list[bytes]]:
+    """Names grouped by the node each rides on."""
+    groups: dict[Node | None, list[bytes]] = {}
+    for name, node in placed.items():
+        groups.setdefault(node, []).append(name)
+    return groups
 
 
 def _redirect_slot(error: ServerError) -> int | None:

@@ -7,6 +7,7 @@ and ``SPUBLISH`` get ``-MOVED slot host:port``, names of several slots in one
 command get ``-CROSSSLOT``. Moving a slot makes the old owner unsubscribe its
 subscribers of the slot's names on its own, with a ``sunsubscribe`` frame each.
 A node that is down refuses connections, and its slots go to the next node.
+ACLs are the same on every node (:meth:`FakeCluster.deny`), as a cluster's are.
 """
 
 from __future__ import annotations
@@ -82,9 +83,35 @@ class FakeCluster:
             if node not in self.down
         )
 
+    def deny(self, name: bytes) -> None:
+        """Every node refuses ``name`` (a channel, shard channel or pattern) with NOPERM.
+        Names already subscribed stay: only a later SUBSCRIBE-family command is refused."""
+        for server in self.servers.values():
+            server.deny(None, name)
+
+    def allow(self, name: bytes) -> None:
+        """Undo :meth:`deny`."""
+        for server in self.servers.values():
+            server.allow(None, name)
+
     def shard_holders(self, name: bytes) -> list[Node]:
         """Every node with a connection subscribed to shard channel ``name``."""
         return [node for node, server in self.servers.items() if server.shardnumsub(name)]
+
+    def channel_holders(self, name: bytes) -> list[Node]:
+        """Every node with a connection subscribed to channel ``name`` (once per connection)."""
+        return [
+            node for node, server in self.servers.items() for _ in range(server.numsub(name))
+        ]
+
+    def pattern_holders(self, pattern: bytes) -> list[Node]:
+        """Every node with a connection subscribed to ``pattern`` (once per connection)."""
+        return [
+            node
+            for node, server in self.servers.items()
+            for conn in server.connections
+            if pattern in conn.patterns
+        ]
 
     def shards_reply(self, asked: Node) -> list[object]:
         """``CLUSTER SHARDS`` as RESP2 carries it (maps as flat lists), as ``asked`` sees it."""
