@@ -1,13 +1,13 @@
 """redismpx_core: the sans-I/O Redis Pub/Sub multiplexer.
 
 A pure state machine: RESP bytes and the time in; bytes to send, events and
-deadlines out. No sockets, no clock, no randomness of its own, no event loop.
-Drivers (``redismpx_anyio``, ``redismpx_trio``, or your own) do the I/O.
+deadlines out. No sockets, no clock, no randomness of its own, no event loop, no
+async code. The front end (``redismpx_frontend``) runs it over any event loop; a
+driver of your own may run it directly (docs/core.md).
 """
 
-from ._backoff import Backoff
 from ._cluster import ClusterCore
-from ._core import MAX_NAMES_PER_COMMAND, ConnectionState, MultiplexerCore
+from ._core import MultiplexerCore
 from ._errors import (
     AuthenticationError,
     ConnectionLost,
@@ -37,11 +37,10 @@ from ._events import (
     SubscriptionDisconnected,
 )
 from ._handles import PromiseHandle, SubscriptionHandle, SubscriptionKind
-from ._names import coerce_name, escape_glob
+from ._lifecycle import ConnectionState
 from ._sentinel import SentinelQuery
-from ._settings import DEFAULT_MAX_FRAME_SIZE, OverflowPolicy, Settings
-from ._slots import SLOTS, key_slot
-from ._state import NameKind, NameState
+from ._settings import OverflowPolicy, Settings
+from ._slots import key_slot
 from ._statistics import Statistics
 from ._topology import Node, Topology
 from ._version import __version__
@@ -50,15 +49,11 @@ __all__ = (
     # the state machine
     "MultiplexerCore",
     "ConnectionState",
-    "Backoff",
-    "DEFAULT_MAX_FRAME_SIZE",
-    "MAX_NAMES_PER_COMMAND",
     "Statistics",
     # Redis Cluster
     "ClusterCore",
     "Node",
     "Topology",
-    "SLOTS",
     "key_slot",
     # configuration
     "Settings",
@@ -69,8 +64,6 @@ __all__ = (
     "SubscriptionHandle",
     "SubscriptionKind",
     "PromiseHandle",
-    "NameKind",
-    "NameState",
     # events
     "Event",
     "ConnectionEstablished",
@@ -97,8 +90,5 @@ __all__ = (
     "ServerError",
     "AuthenticationError",
     "MasterNotFound",
-    # helpers
-    "coerce_name",
-    "escape_glob",
     "__version__",
 )

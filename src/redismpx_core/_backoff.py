@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._seconds import check_seconds
+
 __all__ = ("Backoff",)
 
 
@@ -26,11 +28,8 @@ class Backoff:
     attempts: int = 0
 
     def __post_init__(self) -> None:
-        for label, value in (("backoff base", self.base), ("backoff cap", self.cap)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{label} must be a number of seconds, not {type(value).__name__}")
-            if not value > 0:
-                raise ValueError(f"{label} must be > 0, got {value!r}")
+        self.base = check_seconds("backoff_base", self.base)
+        self.cap = check_seconds("backoff_cap", self.cap)
         if self.cap < self.base:
             raise ValueError(f"backoff cap ({self.cap}) must be >= backoff base ({self.base})")
 

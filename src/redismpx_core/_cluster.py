@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Final, Generic, Literal
 
-from ._core import REDIRECT_CODES, ConnectionState, MultiplexerCore
+from ._core import MultiplexerCore
 from ._errors import InactiveSubscription, ProtocolError, ServerError, SubscriptionClosed
 from ._events import (
     CommandCompleted,
@@ -85,7 +85,9 @@ from ._handles import (
     new_promise_subscription,
     pattern_to_add,
 )
+from ._lifecycle import ConnectionState
 from ._names import coerce_name, coerce_names
+from ._policy import CLUSTER_NODE, REDIRECT_CODES
 from ._slots import key_slot
 from ._statistics import Statistics
 from ._topology import Node, Topology, parse_cluster_shards, parse_cluster_slots
@@ -134,7 +136,7 @@ class ClusterCore(Generic[S, P]):
         self._random = random
         self._core_options = core_options
         # Fail now, not when the first node is contacted, if an option is wrong.
-        MultiplexerCore(random=random, cluster=True, **core_options)
+        MultiplexerCore(random=random, policy=CLUSTER_NODE, **core_options)
         self.refresh_interval = float(refresh_interval)
         self.min_refresh_interval = float(min_refresh_interval)
         # Nodes are reached over TLS: a node's address is its TLS port.
@@ -196,7 +198,7 @@ class ClusterCore(Generic[S, P]):
         return core
 
     def _new_core(self) -> MultiplexerCore[S, P]:
-        return MultiplexerCore(random=self._random, cluster=True, **self._core_options)
+        return MultiplexerCore(random=self._random, policy=CLUSTER_NODE, **self._core_options)
 
     @property
     def home(self) -> Node:

@@ -89,7 +89,10 @@ class NameRejected(Generic[S]):
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionDisconnected(Generic[S]):
-    """The connection that ``subscriber``'s names rode on was lost (once per loss)."""
+    """Names ``subscriber`` holds stopped being active without being removed: the
+    connection they rode on was lost (once per outage), or, on a server of its own, the
+    server unsubscribed one of them itself (the name is subscribed again, and activated
+    again when Redis confirms it). ``error`` says which."""
 
     subscriber: S
     error: RedisMPXError

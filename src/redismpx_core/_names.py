@@ -4,8 +4,9 @@ they publish on them."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final, cast
 
-__all__ = ("check_publish", "coerce_name", "coerce_names", "escape_glob")
+__all__ = ("channel_names", "check_publish", "coerce_name", "coerce_names", "escape_glob")
 
 
 def coerce_name(name: object, what: str = "name") -> bytes:
@@ -38,6 +39,24 @@ def coerce_names(names: Iterable[object], what: str = "name") -> list[bytes]:
     return list(dict.fromkeys(coerce_name(n, what) for n in names))
 
 
+_ONLY_BYTES: Final = {bytes}
+
+
+def channel_names(names: Iterable[object]) -> Iterable[bytes]:
+    """``coerce_names(names, "channel")``, without a call per name when all are bytes.
+
+    Every name is checked before any is used, as there; duplicates may be left in
+    (the core skips a name a subscription holds already).
+    """
+    if (
+        isinstance(names, tuple | list)
+        and set(map(type, names)) == _ONLY_BYTES
+        and b"" not in names
+    ):
+        return cast("tuple[bytes, ...] | list[bytes]", names)
+    return coerce_names(names, "channel")
+
+
 def check_publish(channel: object, data: object) -> bytes:
     """The channel of a PUBLISH as bytes, once it and the payload are both checked.
 
@@ -63,11 +82,3 @@ def escape_glob(prefix: bytes) -> bytes:
             out.append(0x5C)  # backslash
         out.append(byte)
     return bytes(out)
-
-
-def check_publish(channel: object, data: object) -> bytes:
-    """A PUBLISH's arguments, checked at the call site: the channel as bytes."""
-    name = coerce_name(channel, "channel")
-    if not isinstance(data, bytes):
-        raise TypeError(f"data must be bytes, not {type(data).__name__}")
-    return name

@@ -3,8 +3,11 @@
 hiredis parses; this module bounds what a hostile server can make us hold.
 Error replies come back from ``gets()`` as :data:`ReplyError` *objects* (hiredis
 returns them rather than raising), and RESP3 push frames as :data:`PushFrame`
-lists. Malformed input raises :data:`ParseError`, which the core turns into its
-own :class:`~redismpx_core.ProtocolError`.
+lists. Malformed input raises :data:`ParseError`, and a RESP3 map key or set member
+that is itself an aggregate raises ``TypeError`` (Python cannot hash it): the core
+turns both into its own :class:`~redismpx_core.ProtocolError`, the ``TypeError`` only
+once :meth:`FrameReader.failed` says it was hiredis' (so that no bug of the core's
+passes for the server's doing).
 """
 
 from __future__ import annotations
@@ -73,6 +76,22 @@ class FrameReader:
             length = len(data) - offset
         self._reader.feed(data, offset, length)  # type: ignore[arg-type]  # the stub is narrower
         self._partial += length
+
+    def failed(self) -> bool:
+        """True if hiredis has given up on the stream.
+
+        A reply it could not build (a RESP3 map key or set member that is itself an
+        aggregate, which Python cannot hash) makes ``gets()`` raise ``TypeError`` once,
+        then fail for good (:data:`ParseError`): this tells that ``TypeError`` from any
+        other, without a ``try`` around every ``gets()`` of the core's hot loop (one
+        there costs a few percent of its throughput). It may consume a frame: ask only
+        once an error has made the connection unusable.
+        """
+        try:
+            self._reader.gets()
+        except ParseError:
+            return True
+        return False
 
     def exceeds_bound(self, completed_frames: bool) -> bool:
         """Account for one drained chunk; true if the incomplete frame is too big."""

@@ -24,8 +24,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from ._core import _server_error
 from ._errors import MasterNotFound, ProtocolError, RedisMPXError
+from ._replies import server_error
 from ._resp import NOT_ENOUGH_DATA, FrameReader, ParseError, ReplyError, pack_command
 from ._settings import _host_problem
 
@@ -121,7 +121,7 @@ class SentinelQuery:
 
     def _take(self, label: str, reply: Any) -> None:
         if reply.__class__ is ReplyError:
-            error = _server_error(reply, self._password, handshake=label is _AUTH)
+            error = server_error(reply, self._password, handshake=label is _AUTH)
             what = "AUTH" if label is _AUTH else "the query"
             raise type(error)(f"the sentinel refused {what}: {error}", error.code)
         if label is _AUTH:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import difflib
 import enum
 import ipaddress
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict, U
 from urllib.parse import quote, unquote
 
 from ._backoff import Backoff
+from ._seconds import check_seconds
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -170,21 +170,6 @@ def _check_int(name: str, value: object, minimum: int | None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name!r} must be >= {minimum}, got {value}")
     return int(value)
-
-
-def _check_seconds(name: str, value: object, *, optional: bool, allow_zero: bool) -> float | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        expected = "a number of seconds or None" if optional else "a number of seconds"
-        raise TypeError(f"{name!r} must be {expected}, not {_type_name(value)}")
-    seconds = float(value)
-    if not math.isfinite(seconds):
-        raise ValueError(f"{name!r} must be a finite number of seconds, got {seconds}")
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name!r} must be {bound}, got {seconds}")
-    return seconds
 
 
 def _check_optional_str(name: str, value: object) -> str | None:
@@ -423,17 +408,17 @@ class Settings:
             raise ValueError(f"'protocol' must be 2 or 3, got {self.protocol}")
 
     def _check_timing(self) -> None:
-        timeout = _check_seconds(
+        timeout = check_seconds(
             "connect_timeout", self.connect_timeout, optional=True, allow_zero=False
         )
         self._put("connect_timeout", timeout)
-        interval = _check_seconds(
+        interval = check_seconds(
             "health_check_interval", self.health_check_interval, optional=True, allow_zero=True
         )
         self._put("health_check_interval", interval or None)
         for name in ("health_check_timeout", "backoff_base", "backoff_cap"):
             value = getattr(self, name)
-            self._put(name, _check_seconds(name, value, optional=False, allow_zero=False))
+            self._put(name, check_seconds(name, value, optional=False, allow_zero=False))
         if self.backoff_cap < self.backoff_base:
             raise ValueError(
                 f"'backoff_cap' ({self.backoff_cap}) must be >= "

@@ -8,10 +8,9 @@ so that names sharing a tag land on the same node.
 from __future__ import annotations
 
 from binascii import crc_hqx
-from collections.abc import Iterable
 from typing import Final
 
-__all__ = ("SLOTS", "group_by_slot", "key_slot")
+__all__ = ("SLOTS", "key_slot")
 
 #: Number of hash slots in a Redis Cluster; slots are ``0 .. SLOTS - 1``.
 SLOTS: Final = 16384
@@ -37,20 +36,3 @@ def key_slot(name: bytes) -> int:
             return crc_hqx(name[start + 1 : end], 0) & _SLOT_MASK
     return crc_hqx(name, 0) & _SLOT_MASK
 
-
-def group_by_slot(names: Iterable[bytes]) -> dict[int, list[bytes]]:
-    """Partition *names* by hash slot.
-
-    Slots appear in the order their first name does, and names keep their order
-    within a slot. Nothing is dropped: a name given twice is listed twice (callers
-    deduplicate with ``coerce_names`` first, and a partition stays countable).
-    """
-    groups: dict[int, list[bytes]] = {}
-    for name in names:
-        slot = key_slot(name)
-        group = groups.get(slot)
-        if group is None:
-            groups[slot] = [name]
-        else:
-            group.append(name)
-    return groups

@@ -31,12 +31,28 @@ together in one command.
 Messages are delivered only in ACTIVE. A subscription holding the name is
 *activated* when the record enters ACTIVE while wanted, or at once when it
 takes a name that already is ACTIVE; so in ACTIVE every holder is activated,
-and outside it none is. A connection loss sends every record to IDLE (the
-server forgot us); wanted names are subscribed again on the next connection.
+and outside it none is. A record leaves ACTIVE under its holders' feet in
+three ways, and each tells them, so that a holder sees activation, then the
+reason, then activation again, never two activations in a row:
+
+* a connection loss (:data:`ON_CONNECTION_LOST`) sends every record to IDLE
+  (the server forgot us): each subscription holding a name hears of it once
+  per outage (SubscriptionDisconnected), and wanted names are subscribed again
+  on the next connection;
+* a refusal of its SUBSCRIBE (:data:`REJECTIONS`, NOPERM under ACLs, say)
+  drops the name from its holders, each told why (NameRejected);
+* a server-initiated unsubscribe (:data:`ON_SERVER_UNSUBSCRIBE`: Redis Cluster
+  unsubscribes a shard channel itself when its slot moves) sends the record to
+  IDLE. A cluster node's core hands the name back to its router (NameRejected,
+  code MOVED); a stand-alone core tells each holder (SubscriptionDisconnected:
+  messages in between are lost) and subscribes the name again.
 
 Confirmations that match no record's state, or that arrive out of order, mean
 we no longer understand the server: that is a protocol error, and the
 connection is dropped and rebuilt rather than guessed at.
+
+The tables below are applied by :mod:`._table`, whose ``enter`` is the one
+place a record changes state.
 """
 
 from __future__ import annotations
@@ -135,8 +151,8 @@ REJECTIONS: Final[dict[NameState, NameState]] = {
     CANCELLING: UNSUBSCRIBING,
 }
 
-#: Every state goes to IDLE when the connection is lost; listed for completeness
-#: (and for the property tests, which check the table covers every state).
+#: state -> next state when the connection is lost: IDLE from every state, as the
+#: server forgot the connection's subscriptions and every command in flight.
 ON_CONNECTION_LOST: Final[dict[NameState, NameState]] = {state: IDLE for state in NameState}
 
 #: A server-initiated unsubscribe (Redis Cluster, after a slot migration, sends

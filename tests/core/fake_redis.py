@@ -14,6 +14,9 @@ SPUBLISH and the SUBSCRIBE family (one confirmation per name, with the connectio
 subscription count; pushes under RESP3). ACLs: :meth:`FakeRedis.deny` and users
 limited to channel patterns; a denied name refuses the whole SUBSCRIBE-family
 command with NOPERM, as Redis 7 does. Anything else is ``-ERR unknown command``.
+On its own initiative, a connection can unsubscribe a name and say so
+(:meth:`FakeConnection.server_unsubscribe`), as Redis Cluster does with a slot's
+shard channels when the slot moves.
 
 Bookkeeping for tests: every connection logs the commands it received
 (``commands``), the Pub/Sub messages it wrote with their end offsets in its output
@@ -524,6 +527,24 @@ class FakeConnection:
 
     def in_subscribed_mode(self) -> bool:
         return bool(self.channels or self.patterns or self.shard_channels)
+
+    # -- the server's own initiative
+
+    def server_unsubscribe(self, kind: str, name: bytes) -> None:
+        """Drop ``name`` of its own accord and tell the client, as Redis Cluster does with a
+        slot's shard channels after the slot migrates (``kind`` "shard": an ``sunsubscribe``
+        push); "channel" and "pattern" send ``unsubscribe`` and ``punsubscribe``, which no
+        Redis sends unasked, to see that a client survives them. Nothing if not subscribed."""
+        verb, table = {
+            "channel": (b"unsubscribe", self.channels),
+            "pattern": (b"punsubscribe", self.patterns),
+            "shard": (b"sunsubscribe", self.shard_channels),
+        }[kind]
+        if self.closed or name not in table:
+            return
+        del table[name]
+        count = len(table) if kind == "shard" else self.subscription_count()
+        self._reply(Push([verb, name, count]))
 
     # -- commands
 

@@ -30,7 +30,6 @@ from core.fake_redis import FakeRedis
 from core.peers import FakePeer, Harness, SocketPeer, commands_in, normalise
 from redis_servers import RedisServer, acl_user, require_redis7
 from redismpx_core import (
-    MAX_NAMES_PER_COMMAND,
     AuthenticationError,
     ConnectionLost,
     ConnectionState,
@@ -38,6 +37,7 @@ from redismpx_core import (
     ProtocolError,
     SubscriptionKind,
 )
+from redismpx_core._table import MAX_NAMES_PER_COMMAND
 
 CHANNEL = SubscriptionKind.CHANNEL
 SHARD = SubscriptionKind.SHARD

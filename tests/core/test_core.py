@@ -24,9 +24,9 @@ from redismpx_core import (
     PublishCompleted,
     PublishFailed,
     ServerError,
-    SubscriptionHandle,
     SubscriptionClosed,
     SubscriptionDisconnected,
+    SubscriptionHandle,
     SubscriptionKind,
 )
 
@@ -134,7 +134,7 @@ def test_adding_a_name_twice_is_one_hold() -> None:
 
 
 def test_names_are_split_into_commands_of_bounded_size() -> None:
-    from redismpx_core import MAX_NAMES_PER_COMMAND
+    from redismpx_core._table import MAX_NAMES_PER_COMMAND
 
     core = ready_core()
     a = core.open_subscription(CHANNEL, "A")
@@ -146,7 +146,9 @@ def test_names_are_split_into_commands_of_bounded_size() -> None:
     )
 
 
-def _batch_in_flight(protocol: int) -> tuple[MultiplexerCore, SubscriptionHandle, SubscriptionHandle]:
+def _batch_in_flight(
+    protocol: int,
+) -> tuple[MultiplexerCore, SubscriptionHandle, SubscriptionHandle]:
     """SUBSCRIBE x y z in flight: A holds all three, B holds y."""
     core = ready_core(protocol)
     a = core.open_subscription(CHANNEL, "A")
@@ -191,7 +193,7 @@ def test_the_confirmed_unsubscribe_of_a_batch_leaves_no_record(protocol: int) ->
     core.close_subscription(a)
     assert core.data_to_send() == arr("UNSUBSCRIBE", "x", "y", "z")
     assert core.receive_data(confirm(protocol, "unsubscribe", "x", "y", "z"), 0.0) == []
-    assert core._channels == {}
+    assert core._table.channels == {}
     assert core.data_to_send() == b""
 
 
@@ -204,7 +206,7 @@ def test_a_batch_confirmed_after_changes_of_mind() -> None:
     data = confirm(2, "subscribe", "x", "y", "z") + confirm(2, "unsubscribe", "z", start=2)
     events = core.receive_data(data, 0.0)
     assert events == [NamesActivated("A", [b"x"]), NamesActivated("B", [b"y"])]
-    assert list(core._channels) == [b"x", b"y", b"w"]
+    assert list(core._table.channels) == [b"x", b"y", b"w"]
     assert core.data_to_send() == arr("SUBSCRIBE", "w")
 
 
@@ -234,7 +236,7 @@ def test_remove_before_the_subscribe_is_confirmed() -> None:
     assert replay_split(make, data) == []  # no activation, no delivery
     core.receive_data(data, 0.0)
     assert core.data_to_send() == b""
-    assert core._channels == {}  # nothing left behind
+    assert core._table.channels == {}  # nothing left behind
 
 
 def test_add_while_the_unsubscribe_is_in_flight() -> None:
@@ -467,10 +469,57 @@ def test_a_server_sent_sunsubscribe_resubscribes() -> None:
     core.add(s, ["k"])
     core.data_to_send()
     core.receive_data(confirm(2, "ssubscribe", "k"), 0.0)
-    assert core.receive_data(confirm(2, "sunsubscribe", "k", start=0), 0.0) == []
+    [told] = core.receive_data(confirm(2, "sunsubscribe", "k", start=0), 0.0)
+    assert isinstance(told, SubscriptionDisconnected)
+    assert told.subscriber == "S"
     assert not core.is_active(s, b"k")
     assert core.data_to_send() == arr("SSUBSCRIBE", "k")
     assert core.receive_data(confirm(2, "ssubscribe", "k"), 0.0) == activated("S", "k")
+
+
+@protocols
+def test_a_server_sent_unsubscribe_tells_every_holder_before_the_name_comes_back(
+    protocol: int,
+) -> None:
+    """Each holder sees activation, disconnect, activation (the invariant of _state.py):
+    the messages published while the name was unsubscribed are lost, and the holders
+    are told so. The notice is not a connection outage: a real loss later is told too."""
+    core = ready_core(protocol)
+    a = core.open_subscription(SubscriptionKind.SHARD, "A")
+    b = core.open_subscription(SubscriptionKind.SHARD, "B")
+    core.add(a, ["s", "t"])
+    core.add(b, ["s"])
+    assert core.data_to_send() == arr("SSUBSCRIBE", "s") + arr("SSUBSCRIBE", "t")  # two slots
+    assert core.receive_data(confirm(protocol, "ssubscribe", "s", "t"), 0.0) == [
+        NamesActivated("A", [b"s"]),
+        NamesActivated("B", [b"s"]),
+        NamesActivated("A", [b"t"]),
+    ]
+    events = core.receive_data(
+        frame(protocol, "sunsubscribe", "s", 1) + frame(protocol, "smessage", "s", "gone"), 0.0
+    )
+    assert [(type(e), e.subscriber) for e in events] == [  # type: ignore[union-attr]
+        (SubscriptionDisconnected, "A"),
+        (SubscriptionDisconnected, "B"),
+    ]
+    error = events[0].error  # type: ignore[union-attr]
+    assert events[1].error is error  # type: ignore[union-attr]
+    assert isinstance(error, ConnectionLost)
+    assert "server unsubscribed" in str(error)
+    assert "'s'" in str(error)
+    assert not core.is_active(a, b"s")
+    assert core.is_active(a, b"t")  # the holder's other names carry on
+    assert list(a.names) == [b"s", b"t"]  # still wanted: subscribed again, here
+    assert core.data_to_send() == arr("SSUBSCRIBE", "s")
+    assert core.receive_data(confirm(protocol, "ssubscribe", "s", start=2), 0.0) == [
+        NamesActivated("A", [b"s"]),
+        NamesActivated("B", [b"s"]),
+    ]
+    lost = ConnectionLost("reset")
+    assert core.connection_lost(lost) == [
+        SubscriptionDisconnected("A", lost),
+        SubscriptionDisconnected("B", lost),
+    ]
 
 
 # ---------------------------------------------------------------- handshake
@@ -635,6 +684,15 @@ def test_malformed_bytes_keep_the_messages_read_before_them() -> None:
         arr("subscribe", "nobody-asked", 1),
         arr("pmessage", "x"),
         b"*0\r\n",
+        # Checked, not caught: each of these once raised an IndexError or TypeError.
+        b"*3\r\n:1\r\n$1\r\nx\r\n$1\r\ny\r\n",  # an int where the kind goes
+        b"*2\r\n*0\r\n$1\r\nx\r\n",  # a list (unhashable) where the kind goes
+        b"*3\r\n$7\r\nmessage\r\n*0\r\n$1\r\na\r\n",  # a list where the channel goes
+        arr("pmessage", "x*", "x", "a", "b"),
+        b"*4\r\n$8\r\npmessage\r\n*0\r\n$1\r\nx\r\n$1\r\na\r\n",
+        b"*1\r\n$9\r\nsubscribe\r\n",
+        b"%1\r\n*0\r\n:1\r\n",  # a map keyed by an array: hiredis cannot hash it
+        b"~1\r\n%0\r\n",  # a set of a map: the same
     ],
 )
 def test_frames_of_the_wrong_shape_are_protocol_errors(data: bytes) -> None:
@@ -645,6 +703,47 @@ def test_frames_of_the_wrong_shape_are_protocol_errors(data: bytes) -> None:
     core.receive_data(confirm(2, "subscribe", "x"), 0.0)
     with pytest.raises(ProtocolError):
         core.receive_data(data, 0.0)
+
+
+@protocols
+def test_a_confirmation_whose_count_is_not_an_int_is_a_protocol_error(protocol: int) -> None:
+    def make() -> MultiplexerCore:
+        core = ready_core(protocol)
+        core.add(core.open_subscription(CHANNEL, "A"), ["x", "y"])
+        assert core.data_to_send() == arr("SUBSCRIBE", "x", "y")
+        return core
+
+    first = frame(protocol, "subscribe", "x", 1)
+    bad = (b"*3\r\n" if protocol == 2 else b">3\r\n") + bulk("subscribe") + bulk("y")
+    assert make().receive_data(first + bad + b":2\r\n", 0.0) == activated("A", "x", "y")
+    for count in (bulk("2"), b"_\r\n" if protocol == 3 else b"$-1\r\n", b"*0\r\n"):
+        core = make()
+        with pytest.raises(ProtocolError, match="confirmation of the wrong shape"):
+            core.receive_data(first + bad + count, 0.0)  # second of a run: the short path
+        core = make()
+        with pytest.raises(ProtocolError, match="confirmation of the wrong shape"):
+            core.receive_data(bad.replace(b"y", b"x") + count, 0.0)  # first: the long path
+
+
+@pytest.mark.parametrize("bug", [KeyError, TypeError, IndexError, AttributeError, ValueError])
+def test_a_bug_of_the_core_is_not_taken_for_the_servers(
+    bug: type[Exception], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the server's bytes make a ProtocolError: an error of the core's own code
+    surfaces as itself, instead of a reconnect that would meet the same bug again
+    (TypeError too, which hiredis also raises, for a map keyed by an array)."""
+    from redismpx_core._table import NameTable
+
+    core = ready_core()
+    core.add(core.open_subscription(CHANNEL, "A"), ["x"])
+    core.data_to_send()
+
+    def broken(*args: object) -> None:
+        raise bug("a bug of ours")
+
+    monkeypatch.setattr(NameTable, "enter", broken)
+    with pytest.raises(bug, match="a bug of ours"):
+        core.receive_data(confirm(2, "subscribe", "x") + arr("message", "x", "after"), 0.0)
 
 
 def test_an_incomplete_frame_larger_than_the_bound_is_refused() -> None:
@@ -968,7 +1067,7 @@ def test_settled_promises_do_not_pile_up_behind_a_long_timer() -> None:
         assert events == [PromiseFulfilled(owner, b"x")]
         del owner, events
     assert all(ref() is None for ref in owners)
-    assert len(core._promise_heap) <= 2 * 64 + 2
+    assert core._promises.entries <= 2 * 64 + 2
     assert core.next_deadline() == 3000.0
     assert core.statistics(messages_delivered=0, messages_dropped=0).promises_pending == 1
 

@@ -172,6 +172,28 @@ def test_confirmations_resp2() -> None:
     assert fake.shardnumsub(b"s2") == 1
 
 
+def test_a_server_initiated_unsubscribe_drops_the_name_and_says_so() -> None:
+    fake = FakeRedis()
+    conn = fake.connect()
+    run(conn, cmd("SUBSCRIBE", "a"), cmd("PSUBSCRIBE", "p*"), cmd("SSUBSCRIBE", "s1", "s2"))
+    conn.server_unsubscribe("shard", b"s1")
+    conn.server_unsubscribe("shard", b"nope")  # not subscribed: nothing
+    conn.server_unsubscribe("channel", b"a")
+    conn.server_unsubscribe("pattern", b"p*")
+    assert frames(conn.take()) == [
+        [b"sunsubscribe", b"s1", 1],
+        [b"unsubscribe", b"a", 1],
+        [b"punsubscribe", b"p*", 0],
+    ]
+    assert fake.shard_channels() == {b"s2"}
+    assert fake.channels() == set()
+    assert fake.patterns() == set()
+    assert fake.spublish(b"s1", b"x") == 0
+    conn.close()
+    conn.server_unsubscribe("shard", b"s2")
+    assert conn.take() == b""
+
+
 def test_confirmations_and_messages_are_pushes_in_resp3() -> None:
     fake = FakeRedis()
     conn = fake.connect()

@@ -35,8 +35,8 @@ from redismpx_core import (
     PublishCompleted,
     PublishFailed,
     ServerError,
-    SubscriptionHandle,
     SubscriptionDisconnected,
+    SubscriptionHandle,
     SubscriptionKind,
 )
 

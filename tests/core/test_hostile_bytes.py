@@ -16,7 +16,8 @@ What a server's bytes may do to ``MultiplexerCore.receive_data``:
   that breaks the command/reply pairing (a confirmation nobody asked for, an extra
   ``+OK``, ``:1`` or ``PONG``, an unsubscribe for a name not being left) is a
   ``ProtocolError``. A ``sunsubscribe`` for an ACTIVE shard channel is Redis Cluster
-  moving the slot, and subscribes again; a RESP3 push of an unknown kind is ignored.
+  moving the slot: its holders are told, and it is subscribed again; a RESP3 push of
+  an unknown kind is ignored.
   The server is trusted on one point: the channel of a ``pmessage`` is not matched
   against its pattern again (promises, though, match their channel exactly).
 
@@ -521,14 +522,17 @@ def test_a_server_sent_unsubscribe_is_not_obeyed_for_channels_and_patterns(
     """Redis never unsubscribes a client from a channel or a pattern on its own: such
     a frame is a broken pairing (ProtocolError, then reconnect and resubscribe), never
     a silent loss of the name. Shard channels differ: Redis Cluster does send
-    ``sunsubscribe`` when a slot moves, and the core subscribes again."""
+    ``sunsubscribe`` when a slot moves, and the core tells the holder and subscribes
+    again."""
     for kind, name in (("unsubscribe", "c"), ("punsubscribe", "p*")):
         core = subscribed_core(protocol)
         with pytest.raises(ProtocolError) as raised:
             core.receive_data(frame(protocol, kind, name, 0), 0.5)
         assert_recovers(core, raised.value, protocol)
     core = subscribed_core(protocol)
-    assert core.receive_data(frame(protocol, "sunsubscribe", "s", 0), 0.5) == []
+    [told] = core.receive_data(frame(protocol, "sunsubscribe", "s", 0), 0.5)
+    assert isinstance(told, SubscriptionDisconnected)
+    assert told.subscriber == "S"
     assert core.receive_data(frame(protocol, "smessage", "s", "gone"), 0.5) == []
     assert core.data_to_send() == arr("SSUBSCRIBE", "s")
 

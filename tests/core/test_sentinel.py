@@ -31,7 +31,8 @@ from redismpx_core import (
     SubscriptionDisconnected,
     SubscriptionKind,
 )
-from redismpx_core._sentinel import MAX_ANSWER_SIZE, format_address
+from redismpx_core._sentinel import MAX_ANSWER_SIZE
+from redismpx_frontend._connect import format_address
 
 SECRET = "s3ntinel-Pa55-91ab"
 QUERY = arr("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")

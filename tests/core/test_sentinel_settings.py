@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import redismpx_anyio
 import redismpx_trio
-from redismpx_core._frontend import MultiplexerBase
 from redismpx_core._settings import DEFAULT_SENTINEL_PORT, DEFAULT_URL, Settings
+from redismpx_frontend import Multiplexer as FrontEndMultiplexer
 
 SECRET = "hunter2-s3cret"
 SENTINEL_SECRET = "s3ntinel-Pa55-91ab"
@@ -230,7 +230,7 @@ def test_ssl_needs_the_tls_sentinel_scheme() -> None:
 
 
 def test_the_drivers_default_url_is_the_one_settings_recognises() -> None:
-    for cls in (redismpx_anyio.Multiplexer, redismpx_trio.Multiplexer, MultiplexerBase):
+    for cls in (redismpx_anyio.Multiplexer, redismpx_trio.Multiplexer, FrontEndMultiplexer):
         assert inspect.signature(cls).parameters["url"].default == DEFAULT_URL, cls
 
 

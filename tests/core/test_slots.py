@@ -1,4 +1,4 @@
-"""Hash slots: key_slot agrees with Redis' CLUSTER KEYSLOT, group_by_slot partitions."""
+"""Hash slots: key_slot agrees with Redis' CLUSTER KEYSLOT; the core batches shard names by slot."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from redis_servers import RedisServer, RedisServerFactory, encode_command, free_port
-from redismpx_core._slots import SLOTS, group_by_slot, key_slot
+from redismpx_core import MultiplexerCore, SubscriptionKind
+from redismpx_core._slots import SLOTS, key_slot
 
 
 def _reference_table() -> tuple[int, ...]:
@@ -125,24 +126,32 @@ def test_a_non_empty_tag_is_all_that_is_hashed(prefix: bytes, tag: bytes, suffix
     assert key_slot(prefix + b"{" + tag + b"}" + suffix) == key_slot(tag)
 
 
-@given(st.lists(names, max_size=40))
-def test_group_by_slot_partitions_in_order(given_names: list[bytes]) -> None:
-    groups = group_by_slot(given_names)
-    # Every name once per occurrence, in its own slot, in the order given.
-    assert sorted(n for group in groups.values() for n in group) == sorted(given_names)
-    for slot, group in groups.items():
-        assert group
-        assert all(key_slot(n) == slot for n in group)
-        assert group == [n for n in given_names if key_slot(n) == slot]
-    # Slots come in the order of their first name.
-    assert list(groups) == list(dict.fromkeys(key_slot(n) for n in given_names))
-
-
-def test_group_by_slot_keeps_duplicates_and_accepts_any_iterable() -> None:
-    groups = group_by_slot(iter([b"{a}1", b"b", b"{a}1", b"{a}2"]))
-    assert groups == {key_slot(b"a"): [b"{a}1", b"{a}1", b"{a}2"], key_slot(b"b"): [b"b"]}
-    assert list(groups) == [key_slot(b"a"), key_slot(b"b")]
-    assert group_by_slot([]) == {}
+@given(st.lists(names.filter(bool), max_size=40))
+def test_shard_names_are_subscribed_in_batches_of_one_slot(given_names: list[bytes]) -> None:
+    """The core's flush partitions shard names by slot (Redis Cluster refuses a command
+    whose names span slots): every name once, in the order given, each batch within
+    one slot, and the batches in the order of their slot's first name."""
+    core: MultiplexerCore[None, None] = MultiplexerCore(
+        random=lambda: 0.5, health_check_interval=None
+    )
+    core.connection_made(0.0)
+    core.data_to_send()
+    core.receive_data(b"+PONG\r\n", 0.0)
+    core.add(core.open_subscription(SubscriptionKind.SHARD, None), given_names)
+    reader = hiredis.Reader()
+    reader.feed(core.data_to_send())
+    batches: list[list[bytes]] = []
+    while (command := reader.gets()) is not False:
+        assert command[0] == b"SSUBSCRIBE"
+        batches.append(command[1:])
+    wanted = list(dict.fromkeys(given_names))
+    assert sorted(n for batch in batches for n in batch) == sorted(wanted)
+    for batch in batches:
+        slot = key_slot(batch[0])
+        assert batch == [n for n in wanted if key_slot(n) == slot]
+    assert [key_slot(batch[0]) for batch in batches] == list(
+        dict.fromkeys(key_slot(n) for n in wanted)
+    )
 
 
 # ---------------------------------------------------------------- against Redis

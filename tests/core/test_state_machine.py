@@ -21,7 +21,12 @@ of them have been activated on the current connection. Checked:
     that reaches the core, expired once its deadline has passed, failed with
     PromiseInterrupted on a loss or SubscriptionClosed on close; never later;
 (e) SubscriptionDisconnected exactly once per loss for each subscription that holds a
-    name (and was not told already during this outage), never otherwise.
+    name (and was not told already during this outage), and once for each holder that
+    had a name active when the server unsubscribed it of its own accord; never
+    otherwise. So, per (subscription, name): activation, then disconnect, then
+    activation again, never two activations in a row; and after every step the core's
+    ``is_active`` agrees with the model (in ACTIVE every holder is activated, outside
+    it none is).
 
 Plus: publish tokens settle once, in order, with the fake's reply; the core's view
 of a subscription's names equals the model's; ``next_deadline`` never lies about a
@@ -69,12 +74,12 @@ from redismpx_core import (
     PublishFailed,
     RedisMPXError,
     ServerError,
-    SubscriptionHandle,
     SubscriptionClosed,
     SubscriptionDisconnected,
+    SubscriptionHandle,
     SubscriptionKind,
-    escape_glob,
 )
+from redismpx_core._names import escape_glob
 
 CHANNEL = SubscriptionKind.CHANNEL
 SHARD = SubscriptionKind.SHARD
@@ -205,6 +210,8 @@ class CoreMachine(RuleBasedStateMachine):
         # last fed to the core, when the core should have queued a health-check PING.
         self.connect_at = self.last_fed = 0.0
         self.ping_at: float | None = None
+        # The shard channel the server is unsubscribing of its own accord, if it is.
+        self.server_unsubscribed: bytes | None = None
 
     channel_subs = Bundle("channel_subs")  # channel and shard subscriptions
     pattern_subs = Bundle("pattern_subs")
@@ -235,7 +242,9 @@ class CoreMachine(RuleBasedStateMachine):
     def _new_owner(self, what: str) -> Owner:
         return Owner(f"{what}{next(self.ids)}")
 
-    def _register(self, kind: SubscriptionKind, handle: SubscriptionHandle, owner: Owner) -> SubModel:
+    def _register(
+        self, kind: SubscriptionKind, handle: SubscriptionHandle, owner: Owner
+    ) -> SubModel:
         model = SubModel(next(self.ids), kind, owner, handle)
         assert handle.owner is owner
         self.subs[owner] = model
@@ -336,9 +345,16 @@ class CoreMachine(RuleBasedStateMachine):
             elif isinstance(event, MessagesReceived):
                 self._check_messages(event)
             elif isinstance(event, SubscriptionDisconnected):
+                disconnected.append(event.subscriber)
+                if source == "server_unsubscribe":
+                    sub = self.subs[event.subscriber]
+                    name = self.server_unsubscribed
+                    assert name in sub.activated, f"{sub}: told of {name!r}, not active for it"
+                    assert isinstance(event.error, ConnectionLost)
+                    sub.activated.discard(name)
+                    continue
                 assert source == "lost", f"{event} from {source}"
                 assert event.error is error
-                disconnected.append(event.subscriber)
             elif isinstance(event, PromiseFulfilled):
                 promise = self.promises[event.promise]
                 assert promise.outcome is None, f"{promise} settled twice"
@@ -840,6 +856,39 @@ class CoreMachine(RuleBasedStateMachine):
                 due.append(self.last_fed + HEALTH_INTERVAL)
         return due
 
+    @precondition(lambda self: not self.core_closed and self.conn is not None)
+    @rule(data=st.data())
+    @_guard
+    def server_unsubscribe(self, data: st.DataObject) -> None:
+        """The server drops a shard channel of its own accord, as a Redis Cluster node does
+        when the slot moves away: every holder that had it active hears of it before the
+        core subscribes it again (and then activates it again)."""
+        self._quiesce()
+        conn = self.conn
+        if conn is None or self.core.state is not ConnectionState.READY:
+            return
+        if not conn.shard_channels:
+            return
+        name = data.draw(st.sampled_from(sorted(conn.shard_channels)), label="name")
+        holders = [
+            sub.owner
+            for sub in self.subs.values()
+            if not sub.closed and sub.kind is SHARD and name in sub.activated
+        ]
+        assert holders, f"the server holds {name!r} for nobody at rest"
+        conn.server_unsubscribe("shard", name)
+        self.server_unsubscribed = name
+        try:
+            events = self.core.receive_data(conn.take(), self.now)
+            self.last_fed, self.ping_at = self.now, None
+            self.process(events, "server_unsubscribe")
+        finally:
+            self.server_unsubscribed = None
+        told = [e.subscriber for e in events if isinstance(e, SubscriptionDisconnected)]
+        assert len(told) == len(set(told)), f"a holder told twice of {name!r}: {told}"
+        assert set(told) == set(holders), f"told {told} of {name!r}, its holders are {holders}"
+        assert not any(self.core.is_active(self.subs[o].handle, name) for o in holders)
+
     @precondition(lambda self: not self.core_closed)
     @rule(dice=st.integers(0, 4))
     @_guard
@@ -982,6 +1031,21 @@ class CoreMachine(RuleBasedStateMachine):
                 f"{sub}: the core says {list(sub.handle.names)}"
             )
             assert sub.handle.closed is sub.closed
+
+    @invariant()
+    @_guard
+    def activation_agrees(self) -> None:
+        """In ACTIVE every holder is activated, outside it none is."""
+        if not hasattr(self, "core") or self.core_closed:
+            return
+        for sub in self.subs.values():
+            if sub.closed:
+                continue
+            for name in sub.held:
+                assert self.core.is_active(sub.handle, name) is (name in sub.activated), (
+                    f"{sub}: the core says {name!r} is "
+                    f"{'' if self.core.is_active(sub.handle, name) else 'not '}active"
+                )
 
     @invariant()
     @_guard
