@@ -15,7 +15,7 @@ owner of its core handle and the object the dispatcher calls.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import Any, final
 
@@ -29,7 +29,7 @@ from redismpx_core import (
 )
 
 from ._backend import Signal
-from ._delivery import DeliveryQueue, Message, Notice, NoticeKind, messages_of
+from ._delivery import DeliveryQueue, Message, Notice, messages_of
 from ._engine import Engine, Handle, is_async_callable, report
 
 __all__ = (
@@ -46,10 +46,6 @@ __all__ = (
 MessageCallback = Callable[[bytes, bytes], Any]
 DisconnectCallback = Callable[[Exception], Any]
 ActivationCallback = Callable[[bytes], Any]
-
-_ACTIVATED = NoticeKind.ACTIVATED
-_DISCONNECTED = NoticeKind.DISCONNECTED
-_AWAIT = NoticeKind.AWAIT
 
 
 def buffer_options(
@@ -87,6 +83,7 @@ class CallbackConsumer:
     """Delivery to one callback subscription: inline, or through its queue and task."""
 
     __slots__ = (
+        "_awaiting",
         "_on_activation",
         "_on_disconnect",
         "_on_message",
@@ -125,6 +122,8 @@ class CallbackConsumer:
         self.queue = DeliveryQueue(self._size, self._policy) if self.queued else None
         self._signal: Signal | None = None
         self._task_running = False
+        # What a callback returned when it turned out to be async: awaited first.
+        self._awaiting: tuple[str, Awaitable[object]] | None = None
         self.handle: Handle = engine.router.open_subscription(kind, self)
 
     # ---- the dispatcher's calls (the Subscriber protocol): never block, never raise
@@ -145,7 +144,7 @@ class CallbackConsumer:
                 report("on_message", exc)
                 continue
             if result is not None and inspect.isawaitable(result):
-                self._switch_to_queued(result)
+                self._switch_to_queued("on_message", result)
                 if delivered < len(payloads):
                     self.enqueue(messages_of(channel, pattern, payloads[delivered:]))
                 break
@@ -169,21 +168,22 @@ class CallbackConsumer:
         if callback is None:
             return
         if self.queued:
-            self._notice(_ACTIVATED, list(names))
+            self._told(self._ensure_queue().push_activated(names))
             return
         for index, name in enumerate(names):
             if self._call_inline("on_activation", callback, name):
                 if index + 1 < len(names):  # the rest waits behind the awaitable
-                    self._notice(_ACTIVATED, names[index + 1 :])
+                    self._told(self._ensure_queue().push_activated(names[index + 1 :]))
                 return
 
     def disconnected(self, error: RedisMPXError) -> None:
         callback = self._on_disconnect
         if self.queued:
+            queue = self._ensure_queue()
             if callback is not None:
-                self._notice(_DISCONNECTED, error)
-            elif self.queue is not None:
-                self.queue.drop_activations()  # superseded all the same
+                self._told(queue.push_disconnected(error))
+            else:
+                queue.drop_activations()  # superseded all the same
             return
         if callback is not None:
             self._call_inline("on_disconnect", callback, error)
@@ -211,13 +211,17 @@ class CallbackConsumer:
             report(label, exc)
             return False
         if result is not None and inspect.isawaitable(result):
-            self._switch_to_queued(result)
+            self._switch_to_queued(label, result)
             return True
         return False
 
-    def _switch_to_queued(self, awaitable: object) -> None:
+    def _switch_to_queued(self, label: str, awaitable: Awaitable[object]) -> None:
+        """A callback turned out to be async: from now on everything goes through the
+        queue, and the subscription's task first awaits what that call returned."""
         self.queued = True
-        self._notice(_AWAIT, awaitable)
+        self._awaiting = (label, awaitable)
+        self._ensure_queue()
+        self._wake()
 
     def _ensure_queue(self) -> DeliveryQueue:
         queue = self.queue
@@ -225,15 +229,14 @@ class CallbackConsumer:
             queue = self.queue = DeliveryQueue(self._size, self._policy)
         return queue
 
-    def _notice(self, kind: NoticeKind, value: object) -> None:
-        queue = self._ensure_queue()
-        before = queue.dropped
-        already_overflowed = queue.overflowed
-        accepted = queue.push_notice(kind, value)
-        self.engine.dropped += queue.dropped - before
+    def _told(self, accepted: bool) -> None:
+        """After a notice was pushed: wake the task, or close on a ``close`` overflow."""
         if accepted:
             self._wake()
-        elif not already_overflowed:
+            return
+        queue = self.queue
+        assert queue is not None
+        if not self.handle.closed:  # (the first overflow closed it)
             self._overflowed()
 
     def _overflowed(self) -> None:
@@ -249,7 +252,7 @@ class CallbackConsumer:
         self.engine.dropped += queue.dropped - before
         self.engine.close_subscription(self.handle)
         if self._on_disconnect is not None:
-            queue.push_final(_DISCONNECTED, error)
+            queue.push_final(error)
         self._wake()
 
     def _wake(self) -> None:
@@ -269,6 +272,10 @@ class CallbackConsumer:
         assert queue is not None  # made before the task is spawned
         items = queue.items
         try:
+            if self._awaiting is not None:
+                label, awaitable = self._awaiting
+                self._awaiting = None
+                await _await_reported(label, awaitable)
             while True:
                 # One item at a time: what waits for a stuck callback stays in the queue,
                 # inside its bound, and a name removed meanwhile is filtered at hand-off.
@@ -296,27 +303,30 @@ class CallbackConsumer:
             self._task_running = False
 
     async def _run_notice(self, notice: Notice) -> None:
-        kind = notice.kind
-        try:
-            if kind is _AWAIT:
-                await notice.value  # type: ignore[misc]
-            elif kind is _ACTIVATED:
-                on_activation = self._on_activation
-                assert on_activation is not None  # only queued with a callback
-                names: list[bytes] = notice.value  # type: ignore[assignment]
-                for name in names:
-                    result = on_activation(name)
-                    if _is_awaitable(result):
-                        await result
-            else:
-                on_disconnect = self._on_disconnect
-                assert on_disconnect is not None  # likewise
-                result = on_disconnect(notice.value)  # type: ignore[arg-type]
-                if _is_awaitable(result):
-                    await result
-        except Exception as exc:
-            label = {_AWAIT: "on_message", _ACTIVATED: "on_activation"}.get(kind, "on_disconnect")
-            report(label, exc)
+        on_disconnect, on_activation = self._on_disconnect, self._on_activation
+        if notice.error is not None and on_disconnect is not None:
+            await _run_callback("on_disconnect", on_disconnect, notice.error)
+        if notice.names and on_activation is not None:
+            for name in notice.names:
+                await _run_callback("on_activation", on_activation, name)
+
+
+async def _run_callback(label: str, callback: Callable[[Any], Any], value: object) -> None:
+    """``callback(value)``, awaited if what it returns is awaitable; what it raises is
+    logged (SPEC 3.7)."""
+    try:
+        result = callback(value)
+        if _is_awaitable(result):
+            await result
+    except Exception as exc:
+        report(label, exc)
+
+
+async def _await_reported(label: str, awaitable: Awaitable[object]) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        report(label, exc)
 
 
 class _CallbackSubscription:

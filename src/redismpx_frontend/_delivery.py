@@ -8,32 +8,45 @@ consumer takes them out. A run's :class:`Message` objects are built once, by
 thousand iterators, building a message per subscriber was most of the cost, and
 most of the memory. The queue is pure: no I/O, no waiting.
 
-Notices (a batch of activations, a disconnect, an awaitable to await) travel in
-the same queue, so that a consumer sees them in order with the messages: messages
-already received come before the disconnect notice. They count against the same
-bound, so that a consumer stuck through many reconnects holds a bounded buffer:
+Notices
+=======
 
-* an activation batch (one ``NamesActivated`` event, say the 2,000 names of a
-  resubscription) is one notice;
-* a disconnect notice supersedes the activation notices queued before it (those
-  names are no longer active: telling of them late would only mislead);
-* a notice that finds the buffer full makes room by dropping the oldest message
-  (counted as dropped), or the oldest notice when only notices are left, under
-  any policy but ``close``, which closes the subscription as a message would.
+A :class:`Notice` tells the consumer that its names stopped being active (a
+disconnect, with its error), that some became active (an activation, with the
+names), or both, in that order. Notices travel in the same queue as the messages,
+so that the consumer sees everything in the order it happened (messages already
+received come before the disconnect), and they count against the same bound, so
+that a consumer stuck through any number of reconnects holds at most ``bound``
+items. What a stuck consumer must hear, however long the history, is what the
+history adds up to (each name's activations and disconnects alternate, never two
+activations in a row), and that needs few notices:
+
+* an activation joins the newest item when that is a notice (nothing came between
+  them): a batch of activations, or many batches in a row, is one notice, and an
+  activation after a disconnect rides on the disconnect's notice;
+* a disconnect supersedes the activations queued before it (those names are no
+  longer active: telling of them late would only mislead);
+* a message never displaces a notice, and a notice never displaces a notice: a
+  notice that finds the buffer full drops the oldest message to make room, and when
+  the newest item is a disconnect notice, a second disconnect joins it (the later
+  error is told, once, for both outages).
+
+So a full buffer holds at least one message whenever its newest item is a message,
+and a notice always finds room or a notice to join; under the ``close`` policy a
+notice that would have to drop a message closes the subscription instead.
 """
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Container
 from functools import partial
 from itertools import islice, repeat
 from typing import Final, NamedTuple
 
-from redismpx_core import OverflowPolicy
+from redismpx_core import OverflowPolicy, RedisMPXError
 
-__all__ = ("DeliveryQueue", "Message", "Notice", "NoticeKind", "messages_of")
+__all__ = ("DeliveryQueue", "Item", "Message", "Notice", "messages_of")
 
 
 class Message(NamedTuple):
@@ -57,25 +70,20 @@ def messages_of(channel: bytes, pattern: bytes | None, payloads: list[bytes]) ->
     return list(map(_make_message, zip(repeat(channel), payloads, repeat(pattern))))
 
 
-class NoticeKind(enum.Enum):
-    ACTIVATED = "activated"  # value: the list of names of one batch
-    DISCONNECTED = "disconnected"  # value: the error
-    AWAIT = "await"  # value: what a sync-looking callback returned, to await in order
-
-    __hash__ = object.__hash__
-
-
 class Notice:
-    """A non-message item for a subscription's consumer."""
+    """For the consumer: ``error`` (a disconnect, if not None), then ``names`` (an
+    activation of these names, if any)."""
 
-    __slots__ = ("kind", "value")
+    __slots__ = ("error", "names")
 
-    def __init__(self, kind: NoticeKind, value: object) -> None:
-        self.kind = kind
-        self.value = value
+    def __init__(self, error: RedisMPXError | None, names: list[bytes] | None) -> None:
+        self.error = error
+        self.names = names
 
     def __repr__(self) -> str:
-        return f"<Notice {self.kind.value}>"
+        parts = [] if self.error is None else ["disconnected"]
+        parts += [] if self.names is None else [f"activated {len(self.names)}"]
+        return f"<Notice {', then '.join(parts)}>"
 
 
 _DROP_OLDEST: Final = OverflowPolicy.DROP_OLDEST
@@ -95,16 +103,15 @@ class DeliveryQueue:
     subscription with a :class:`~redismpx_core.SubscriptionOverflow`.
     """
 
-    __slots__ = ("_activations", "bound", "dropped", "items", "overflowed", "policy")
+    __slots__ = ("_notices", "bound", "dropped", "items", "overflowed", "policy")
 
     def __init__(self, bound: int, policy: OverflowPolicy) -> None:
         self.bound = bound
         self.policy = policy
-        #: The items, oldest first. Consumers pop from the left; everything else goes
-        #: through the methods.
+        #: The items, oldest first. Consumers take them with :meth:`pop`.
         self.items: deque[Item] = deque()
-        # Activation notices queued: a disconnect looks for them only when there are any.
-        self._activations = 0
+        # Notices queued, so that a push of messages knows how many it may drop.
+        self._notices = 0
         self.dropped = 0
         self.overflowed = False
 
@@ -131,32 +138,50 @@ class DeliveryQueue:
             self.dropped += count - room
             return True
         if policy is _DROP_OLDEST:
-            if count > self.bound:  # the run alone overflows: only its newest can stay
-                self.dropped += count - self.bound
-                messages = messages[count - self.bound :]
-                count = self.bound
-            self._evict(count - room)
+            # The newest `bound - notices` of the buffered messages and the run stay.
+            keep = self.bound - self._notices
+            if count > keep:
+                self.dropped += count - keep
+                messages = messages[count - keep :]
+                count = keep
+            self._drop_oldest_messages(count - room)
             items.extend(messages)
             return True
         self.overflowed = True
         self.dropped += count
         return False
 
-    def push_notice(self, kind: NoticeKind, value: object) -> bool:
-        """Append a notice (see the module docstring); False if that overflowed ``close``."""
+    def push_activated(self, names: list[bytes]) -> bool:
+        """Tell the consumer these names became active; False if that overflowed ``close``."""
         if self.overflowed:
             return False
-        if kind is NoticeKind.DISCONNECTED:
-            self.drop_activations()
-        if len(self.items) >= self.bound:
-            if self.policy is _CLOSE:
-                self.overflowed = True
-                return False
-            self._evict(1)
-        if kind is NoticeKind.ACTIVATED:
-            self._activations += 1
-        self.items.append(Notice(kind, value))
-        return True
+        items = self.items
+        newest = items[-1] if items else None
+        if newest.__class__ is Notice:  # nothing between them: one notice
+            assert isinstance(newest, Notice)
+            newest.names = [*newest.names, *names] if newest.names else list(names)
+            return True
+        return self._append(Notice(None, list(names)))
+
+    def push_disconnected(self, error: RedisMPXError) -> bool:
+        """Tell the consumer its names stopped being active; False if that overflowed
+        ``close``. It supersedes the activations queued before it."""
+        if self.overflowed:
+            return False
+        if self._notices:
+            self._drop_activations()
+        items = self.items
+        if len(items) >= self.bound and items and items[-1].__class__ is Notice:
+            newest = items[-1]
+            assert isinstance(newest, Notice)
+            newest.error = error  # one more outage while stuck: told once, the latest
+            return True
+        return self._append(Notice(error, None))
+
+    def push_final(self, error: RedisMPXError) -> None:
+        """The last notice of a subscription closed by an overflow (past the bound)."""
+        self.items.append(Notice(error, None))
+        self._notices += 1
 
     def pop(self, held: Container[bytes]) -> Item | None:
         """The oldest item still wanted, or None if there is none.
@@ -169,8 +194,7 @@ class DeliveryQueue:
         while items:
             item = items.popleft()
             if item.__class__ is Notice:
-                if item.kind is NoticeKind.ACTIVATED:
-                    self._activations -= 1
+                self._notices -= 1
                 return item
             if (item[2] or item[0]) in held:  # type: ignore[index]
                 return item
@@ -183,8 +207,24 @@ class DeliveryQueue:
         self.items.clear()
         self.items.extend(notices)
 
-    def _evict(self, count: int) -> None:
-        """Drop ``count`` items, oldest messages first, then oldest notices."""
+    def drop_activations(self) -> None:
+        """A disconnect the consumer will not be told of (it has no callback for it)
+        still supersedes the activations queued before it."""
+        if self._notices:
+            self._drop_activations()
+
+    def _append(self, notice: Notice) -> bool:
+        if len(self.items) >= self.bound:
+            if self.policy is _CLOSE:
+                self.overflowed = True
+                return False
+            self._drop_oldest_messages(1)  # there is one: the newest item is a message
+        self.items.append(notice)
+        self._notices += 1
+        return True
+
+    def _drop_oldest_messages(self, count: int) -> None:
+        """Drop the ``count`` oldest messages, leaving the notices where they are."""
         items = self.items
         kept: list[Item] = []
         while count and items:
@@ -194,26 +234,17 @@ class DeliveryQueue:
             else:
                 count -= 1
                 self.dropped += 1
-        while count and kept:  # only notices were left: the oldest go
-            notice = kept.pop(0)
-            if notice.kind is NoticeKind.ACTIVATED:  # type: ignore[union-attr]
-                self._activations -= 1
-            count -= 1
         items.extendleft(reversed(kept))
 
-    def push_final(self, kind: NoticeKind, value: object) -> None:
-        """The last notice of a subscription closed by an overflow (past the bound)."""
-        self.items.append(Notice(kind, value))
-
-    def drop_activations(self) -> None:
-        """Forget the activation notices queued: a disconnect supersedes them."""
-        if not self._activations:
-            return
-        kept = [
-            item
-            for item in self.items
-            if item.__class__ is not Notice or item.kind is not NoticeKind.ACTIVATED
-        ]
+    def _drop_activations(self) -> None:
+        kept: list[Item] = []
+        for item in self.items:
+            if item.__class__ is Notice:
+                assert isinstance(item, Notice)
+                if item.error is None:
+                    self._notices -= 1
+                    continue  # an activation alone: gone
+                item.names = None
+            kept.append(item)
         self.items.clear()
         self.items.extend(kept)
-        self._activations = 0

@@ -7,34 +7,41 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from redismpx_core import OverflowPolicy, Settings
+from redismpx_core import ConnectionLost, OverflowPolicy, Settings
 from redismpx_frontend._consumers import buffer_options
-from redismpx_frontend._delivery import DeliveryQueue, Item, Notice, NoticeKind, messages_of
+from redismpx_frontend._delivery import DeliveryQueue, Notice, messages_of
 
 HELD = {b"a", b"p*"}
-ACTIVATED, DISCONNECTED = NoticeKind.ACTIVATED, NoticeKind.DISCONNECTED
 DROP_OLDEST, DROP_NEWEST, CLOSE = (
     OverflowPolicy.DROP_OLDEST,
     OverflowPolicy.DROP_NEWEST,
     OverflowPolicy.CLOSE,
 )
+LOST = ConnectionLost("lost")
 
 
 def take(queue: DeliveryQueue) -> list[object]:
-    """Everything a consumer would get, in order: payloads, and notices as (kind, value)."""
+    """Everything a consumer would get, in order: payloads, and notices as
+    ("disconnected", error) and ("activated", names) in the order they are told."""
     got: list[object] = []
     while (item := queue.pop(HELD)) is not None:
-        got.append((item.kind, item.value) if isinstance(item, Notice) else item[1])
+        if isinstance(item, Notice):
+            if item.error is not None:
+                got.append(("disconnected", item.error))
+            if item.names is not None:
+                got.append(("activated", item.names))
+        else:
+            got.append(item[1])
     return got
 
 
 def test_within_the_bound_everything_is_kept_in_order() -> None:
     queue = DeliveryQueue(5, DROP_OLDEST)
     assert queue.push(messages_of(b"a", None, [b"1", b"2"]))
-    assert queue.push_notice(ACTIVATED, [b"a"])
+    assert queue.push_activated([b"a"])
     assert queue.push(messages_of(b"a", None, [b"3"]))
     assert len(queue) == 4
-    assert take(queue) == [b"1", b"2", (ACTIVATED, [b"a"]), b"3"]
+    assert take(queue) == [b"1", b"2", ("activated", [b"a"]), b"3"]
     assert queue.dropped == 0
     assert len(queue) == 0
 
@@ -42,11 +49,11 @@ def test_within_the_bound_everything_is_kept_in_order() -> None:
 def test_drop_oldest_keeps_the_newest_and_the_notices() -> None:
     queue = DeliveryQueue(4, DROP_OLDEST)
     queue.push(messages_of(b"a", None, [b"1", b"2"]))
-    queue.push_notice(DISCONNECTED, None)
+    queue.push_disconnected(LOST)
     queue.push(messages_of(b"a", None, [b"3", b"4"]))
     # Notices count against the bound; the oldest messages make room, not the notice.
     assert queue.dropped == 1
-    assert take(queue) == [b"2", (DISCONNECTED, None), b"3", b"4"]
+    assert take(queue) == [b"2", ("disconnected", LOST), b"3", b"4"]
 
 
 def test_drop_oldest_with_a_run_larger_than_the_bound() -> None:
@@ -71,7 +78,7 @@ def test_close_policy_refuses_everything_after_the_first_overflow() -> None:
     assert not queue.push(messages_of(b"a", None, [b"3"]))
     assert queue.overflowed
     assert not queue.push(messages_of(b"a", None, [b"4"]))
-    assert not queue.push_notice(DISCONNECTED, None)
+    assert not queue.push_disconnected(LOST)
     assert queue.dropped == 2
     assert take(queue) == [b"1", b"2"]
 
@@ -93,56 +100,80 @@ def test_messages_of_names_no_longer_held_are_filtered_at_hand_off() -> None:
 # ---------------------------------------------------------------- notices in the bound
 
 
+def test_activations_in_a_row_are_one_notice() -> None:
+    queue = DeliveryQueue(10, DROP_OLDEST)
+    queue.push_activated([b"a"])
+    queue.push_activated([b"b", b"c"])
+    queue.push(messages_of(b"a", None, [b"1"]))
+    queue.push_activated([b"d"])
+    assert len(queue) == 3
+    assert take(queue) == [("activated", [b"a", b"b", b"c"]), b"1", ("activated", [b"d"])]
+
+
 def test_a_disconnect_supersedes_the_activations_before_it() -> None:
     queue = DeliveryQueue(10, DROP_OLDEST)
-    queue.push_notice(ACTIVATED, [b"a", b"b"])
+    queue.push_activated([b"a", b"b"])
     queue.push(messages_of(b"a", None, [b"1"]))
-    queue.push_notice(ACTIVATED, [b"c"])
-    queue.push_notice(DISCONNECTED, "lost")
-    queue.push_notice(ACTIVATED, [b"a", b"b", b"c"])
-    assert take(queue) == [b"1", (DISCONNECTED, "lost"), (ACTIVATED, [b"a", b"b", b"c"])]
+    queue.push_activated([b"c"])
+    queue.push_disconnected(LOST)
+    queue.push_activated([b"a", b"b", b"c"])  # rides on the disconnect's notice
+    assert len(queue) == 2
+    assert take(queue) == [b"1", ("disconnected", LOST), ("activated", [b"a", b"b", b"c"])]
 
 
 def test_a_stuck_consumer_through_many_reconnects_holds_a_bounded_queue() -> None:
     """Defect 4 of issue 14: a consumer stuck through reconnects, holding 2,000 names,
     used to hold one notice per name per activation (2,001 after one reconnect, 10,005
-    after five). Now a batch is one notice and each disconnect supersedes them."""
+    after five). Now a batch is one notice, and each disconnect supersedes them."""
     queue = DeliveryQueue(16, DROP_OLDEST)
     names = [b"n%d" % i for i in range(2000)]
-    queue.push_notice(ACTIVATED, names)
-    for reconnect in range(1, 6):
-        queue.push_notice(DISCONNECTED, reconnect)
-        queue.push_notice(ACTIVATED, names)
-        assert len(queue) == reconnect + 1 <= queue.bound
-    assert [kind for kind, _ in take(queue)] == [DISCONNECTED] * 5 + [ACTIVATED]  # type: ignore[misc]
+    queue.push_activated(names)
+    errors = [ConnectionLost(f"loss {n}") for n in range(5)]
+    for reconnect, error in enumerate(errors, start=1):
+        queue.push_disconnected(error)
+        queue.push_activated(names[:1024])  # a resubscription: two batches
+        queue.push_activated(names[1024:])
+        assert len(queue) == reconnect <= queue.bound
+    told = take(queue)
+    assert told == [*(("disconnected", e) for e in errors), ("activated", names)]
 
 
 def test_a_notice_makes_room_by_dropping_the_oldest_message_under_any_policy() -> None:
     for policy in (DROP_OLDEST, DROP_NEWEST):
         queue = DeliveryQueue(2, policy)
         queue.push(messages_of(b"a", None, [b"1", b"2"]))
-        assert queue.push_notice(DISCONNECTED, "lost")
+        assert queue.push_disconnected(LOST)
         assert queue.dropped == 1
-        assert take(queue) == [b"2", (DISCONNECTED, "lost")]
+        assert take(queue) == [b"2", ("disconnected", LOST)]
 
 
-def test_when_only_notices_are_left_the_oldest_notice_goes() -> None:
-    queue = DeliveryQueue(2, DROP_NEWEST)
-    for n in range(4):
-        queue.push_notice(DISCONNECTED, n)
-    assert queue.dropped == 0  # notices are not messages: nothing counted as dropped
-    assert take(queue) == [(DISCONNECTED, 2), (DISCONNECTED, 3)]
+def test_a_full_buffer_of_notices_merges_them_and_drops_messages() -> None:
+    """A notice never displaces a notice, and a message never does either: with the
+    buffer full, a second outage joins the newest disconnect (told once, the later
+    error), and a message is dropped."""
+    later = ConnectionLost("later")
+    for policy in (DROP_OLDEST, DROP_NEWEST):
+        queue = DeliveryQueue(1, policy)
+        queue.push_activated([b"a"])
+        queue.push_disconnected(LOST)  # supersedes the activation: room again
+        queue.push_activated([b"a"])  # joins the disconnect
+        queue.push_disconnected(later)  # the buffer is full: joins it, and supersedes
+        queue.push_activated([b"a"])
+        assert not queue.overflowed
+        assert queue.push(messages_of(b"a", None, [b"1"]))
+        assert queue.dropped == 1
+        assert take(queue) == [("disconnected", later), ("activated", [b"a"])]
 
 
 def test_a_notice_overflows_a_full_close_queue() -> None:
     queue = DeliveryQueue(1, CLOSE)
     assert queue.push(messages_of(b"a", None, [b"1"]))
-    assert not queue.push_notice(ACTIVATED, [b"a"])
+    assert not queue.push_activated([b"a"])
     assert queue.overflowed
     queue.discard_messages()
-    queue.push_final(DISCONNECTED, "overflow")  # the closed subscription's last word
+    queue.push_final(LOST)  # the closed subscription's last word
     assert queue.dropped == 1
-    assert take(queue) == [(DISCONNECTED, "overflow")]
+    assert take(queue) == [("disconnected", LOST)]
 
 
 # ---------------------------------------------------------------- options
@@ -167,7 +198,7 @@ def test_an_unknown_policy_is_refused() -> None:
 pushes = st.lists(
     st.one_of(
         st.lists(st.integers(0, 999), min_size=1, max_size=8),  # a run of messages
-        st.sampled_from([ACTIVATED, DISCONNECTED]),  # a notice
+        st.sampled_from(["activated", "disconnected"]),  # a notice
     ),
     max_size=30,
 )
@@ -175,40 +206,52 @@ pushes = st.lists(
 
 @given(bound=st.integers(1, 6), pushes=pushes, policy=st.sampled_from(list(OverflowPolicy)))
 def test_matches_a_plain_reference_model(
-    bound: int, pushes: list[list[int] | NoticeKind], policy: OverflowPolicy
+    bound: int, pushes: list[list[int] | str], policy: OverflowPolicy
 ) -> None:
-    """The whole policy as a list: ints are messages, kinds are notices."""
+    """The policy as lists: ints are messages, ["D", "A"] lists are notices."""
     queue = DeliveryQueue(bound, policy)
-    model: list[int | NoticeKind] = []
+    model: list[int | list[str]] = []
     dropped = 0
     closed = False
 
-    def evict(count: int) -> None:
+    def drop_oldest_message() -> None:
         nonlocal dropped
-        for _ in range(count):
-            message = next((m for m in model if isinstance(m, int)), None)
-            if message is not None:
-                model.remove(message)
-                dropped += 1
-            else:
-                model.pop(0)
+        model.remove(next(m for m in model if isinstance(m, int)))
+        dropped += 1
 
     for push in pushes:
-        if isinstance(push, NoticeKind):
-            accepted = queue.push_notice(push, None)
-            if closed:
-                assert not accepted
-                continue
-            if push is DISCONNECTED:
-                model[:] = [m for m in model if m is not ACTIVATED]
+        if isinstance(push, str):
+            newest = model[-1] if model else None
+            if push == "disconnected":
+                accepted = queue.push_disconnected(LOST)
+                if closed:
+                    assert not accepted
+                    continue
+                for item in [m for m in model if isinstance(m, list)]:
+                    if item == ["A"]:
+                        model.remove(item)
+                    elif item == ["D", "A"]:
+                        item[:] = ["D"]
+                newest = model[-1] if model else None
+                if len(model) >= bound and isinstance(newest, list):
+                    continue  # joins the newest disconnect
+            else:
+                accepted = queue.push_activated([b"a"])
+                if closed:
+                    assert not accepted
+                    continue
+                if isinstance(newest, list):
+                    if newest == ["D"]:
+                        newest.append("A")
+                    continue  # joins the newest notice
             if len(model) >= bound:
                 if policy is CLOSE:
                     closed = True
                     assert not accepted
                     continue
-                evict(1)
+                drop_oldest_message()
             assert accepted
-            model.append(push)
+            model.append(["D"] if push == "disconnected" else ["A"])
             continue
         accepted = queue.push(messages_of(b"a", None, [str(i).encode() for i in push]))
         if closed:
@@ -222,10 +265,12 @@ def test_matches_a_plain_reference_model(
             model += push[:room]
             dropped += len(push) - room
         elif policy is DROP_OLDEST:
-            if len(push) > bound:
-                dropped += len(push) - bound
-                push = push[len(push) - bound :]
-            evict(len(push) - room)
+            keep = bound - sum(isinstance(m, list) for m in model)
+            if len(push) > keep:
+                dropped += len(push) - keep
+                push = push[len(push) - keep :]
+            for _ in range(len(push) - room):
+                drop_oldest_message()
             model += push
         else:
             closed = True
@@ -233,10 +278,13 @@ def test_matches_a_plain_reference_model(
             assert not accepted
         assert len(queue) == len(model) <= bound
     assert queue.dropped == dropped
-    got: list[Item | None] = []
+    got: list[int | list[str]] = []
     while (item := queue.pop(HELD)) is not None:
-        got.append(item)
-    assert [i.kind if isinstance(i, Notice) else int(i[1]) for i in got] == model  # type: ignore[union-attr, index]
+        if isinstance(item, Notice):
+            got.append(["D", "A"] if item.error and item.names else ["D"] if item.error else ["A"])
+        else:
+            got.append(int(item[1]))
+    assert got == model
 
 
 def test_one_run_shared_by_several_queues_is_never_changed() -> None:
