@@ -47,7 +47,7 @@ class PromiseInterrupted(RedisMPXError):
 class ConnectionLost(RedisMPXError):
     """The connection to Redis ended or became unusable (or, told to a subscription, a
     name of it stopped being delivered until its next activation: see
-    ``SubscriptionDisconnected``)."""
+    ``NameDeactivated``)."""
 
 
 class HealthCheckTimeout(ConnectionLost):

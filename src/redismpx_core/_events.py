@@ -88,11 +88,20 @@ class NameRejected(Generic[S]):
 
 
 @dataclass(frozen=True, slots=True)
+class NameDeactivated(Generic[S]):
+    """``name`` stopped being active for ``subscriber`` while the connection stays up:
+    a stand-alone server unsubscribed it of its own accord. The subscription keeps it,
+    and it is subscribed and activated again; messages in between are lost, as in an
+    outage. (A cluster node's core hands such a name to its router instead.)"""
+
+    subscriber: S
+    name: bytes
+    error: RedisMPXError
+
+
+@dataclass(frozen=True, slots=True)
 class SubscriptionDisconnected(Generic[S]):
-    """Names ``subscriber`` holds stopped being active without being removed: the
-    connection they rode on was lost (once per outage), or, on a server of its own, the
-    server unsubscribed one of them itself (the name is subscribed again, and activated
-    again when Redis confirms it). ``error`` says which."""
+    """The connection that ``subscriber``'s names rode on was lost (once per outage)."""
 
     subscriber: S
     error: RedisMPXError
@@ -163,6 +172,7 @@ Event: TypeAlias = (
     | ConnectionEstablished
     | NamesActivated[S]
     | NameRejected[S]
+    | NameDeactivated[S]
     | SubscriptionDisconnected[S]
     | PromiseFulfilled[P]
     | PromiseExpired[P]

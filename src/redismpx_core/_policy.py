@@ -106,6 +106,8 @@ class ClusterNodePolicy:
     def server_unsubscribed(
         self, table: NameTable[S, P], record: NameRecord[S, P], events: list[Event[S, P]]
     ) -> None:
+        # The router gets it back to place it on the slot's owner, where it is activated
+        # again: a move, not a loss (see docs/cluster.md), so its holders are not told.
         moved = ServerError("MOVED: the server unsubscribed the name", code="MOVED")
         table.drop_holders(record, moved, events)
         table.server_unsubscribed(record, events)

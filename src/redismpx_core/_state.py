@@ -44,8 +44,10 @@ reason, then activation again, never two activations in a row:
 * a server-initiated unsubscribe (:data:`ON_SERVER_UNSUBSCRIBE`: Redis Cluster
   unsubscribes a shard channel itself when its slot moves) sends the record to
   IDLE. A cluster node's core hands the name back to its router (NameRejected,
-  code MOVED); a stand-alone core tells each holder (SubscriptionDisconnected:
-  messages in between are lost) and subscribes the name again.
+  code MOVED), which moves it to the slot's new owner (a move is told by the
+  activation there alone: see docs/cluster.md); a stand-alone core tells each
+  holder (NameDeactivated: messages in between are lost) and subscribes the
+  name again.
 
 Confirmations that match no record's state, or that arrive out of order, mean
 we no longer understand the server: that is a protocol error, and the

@@ -14,7 +14,14 @@ from collections.abc import Iterable
 from typing import Final, Generic
 
 from ._errors import ProtocolError, RedisMPXError, ServerError
-from ._events import Event, NameRejected, NamesActivated, P, S, SubscriptionDisconnected
+from ._events import (
+    Event,
+    NameDeactivated,
+    NameRejected,
+    NamesActivated,
+    P,
+    S,
+)
 from ._handles import SubscriptionHandle, SubscriptionKind
 from ._slots import key_slot
 from ._state import (
@@ -263,8 +270,9 @@ class NameTable(Generic[S, P]):
     ) -> None:
         """The name leaves ACTIVE while its holders keep it: each hears that messages on it
         may be lost until its next activation."""
+        name = record.name
         for sub in record.held_by():
-            events.append(SubscriptionDisconnected(sub.owner, error))
+            events.append(NameDeactivated(sub.owner, name, error))
 
     def server_unsubscribed(self, record: NameRecord[S, P], events: list[Event[S, P]]) -> None:
         """The server dropped an ACTIVE name of its own accord (its holders were dealt with)."""

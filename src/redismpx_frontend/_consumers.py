@@ -188,10 +188,26 @@ class CallbackConsumer:
         if callback is not None:
             self._call_inline("on_disconnect", callback, error)
 
+    def deactivated(self, name: bytes, error: RedisMPXError) -> None:
+        self._stopped(name, error)
+
     def rejected(self, name: bytes, error: ServerError) -> None:
         # The name is gone from this subscription; its holder hears why through
         # on_disconnect, the one error callback a subscription has.
-        self.disconnected(error)
+        self._stopped(name, error)
+
+    def _stopped(self, name: bytes, error: RedisMPXError) -> None:
+        """``name`` alone stopped: only its queued activations are superseded."""
+        callback = self._on_disconnect
+        if self.queued:
+            queue = self._ensure_queue()
+            if callback is not None:
+                self._told(queue.push_stopped(name, error))
+            else:
+                queue.drop_activations(name)
+            return
+        if callback is not None:
+            self._call_inline("on_disconnect", callback, error)
 
     def multiplexer_closed(self) -> None:
         if self._signal is not None:
@@ -304,8 +320,12 @@ class CallbackConsumer:
 
     async def _run_notice(self, notice: Notice) -> None:
         on_disconnect, on_activation = self._on_disconnect, self._on_activation
-        if notice.error is not None and on_disconnect is not None:
-            await _run_callback("on_disconnect", on_disconnect, notice.error)
+        if on_disconnect is not None:
+            if notice.error is not None:
+                await _run_callback("on_disconnect", on_disconnect, notice.error)
+            if notice.named:
+                for error in list(notice.named.values()):
+                    await _run_callback("on_disconnect", on_disconnect, error)
         if notice.names and on_activation is not None:
             for name in notice.names:
                 await _run_callback("on_activation", on_activation, name)

@@ -11,29 +11,36 @@ most of the memory. The queue is pure: no I/O, no waiting.
 Notices
 =======
 
-A :class:`Notice` tells the consumer that its names stopped being active (a
-disconnect, with its error), that some became active (an activation, with the
-names), or both, in that order. Notices travel in the same queue as the messages,
-so that the consumer sees everything in the order it happened (messages already
-received come before the disconnect), and they count against the same bound, so
-that a consumer stuck through any number of reconnects holds at most ``bound``
-items. What a stuck consumer must hear, however long the history, is what the
-history adds up to (each name's activations and disconnects alternate, never two
-activations in a row), and that needs few notices:
+A :class:`Notice` tells the consumer, in this order, that its names stopped being
+active (``error``: an outage), that some names stopped alone (``named``: refused
+for good, or unsubscribed by the server itself, each with its own
+error), and that some became active (``names``). Notices travel in the same queue
+as the messages, so that the consumer sees everything in the order it happened
+(messages already received come before the disconnect), and they count against
+the same bound, so that a consumer stuck through any number of reconnects holds at
+most ``bound`` items. What a stuck consumer must hear, however long the history,
+is what the history adds up to (each name's activations and disconnects alternate,
+never two activations in a row), and that needs few notices:
 
-* an activation joins the newest item when that is a notice (nothing came between
-  them): a batch of activations, or many batches in a row, is one notice, and an
-  activation after a disconnect rides on the disconnect's notice;
-* a disconnect supersedes the activations queued before it (those names are no
-  longer active: telling of them late would only mislead);
+* an activation, or a name that stops alone, joins the newest item when that is a
+  notice (nothing came between them): a batch of activations, or many batches in a
+  row, is one notice, and an activation after a disconnect rides on the disconnect's
+  notice; a notice keeps one error per name that stopped alone, the latest;
+* a disconnect supersedes the activations queued before it of the names it stops
+  (all of them for an outage; only its own for a name that stops alone): telling of
+  them late would only mislead;
 * a message never displaces a notice, and a notice never displaces a notice: a
   notice that finds the buffer full drops the oldest message to make room, and when
-  the newest item is a disconnect notice, a second disconnect joins it (the later
-  error is told, once, for both outages).
+  the newest item is a notice, an outage joins it (the later error is told, once,
+  for both outages).
 
-So a full buffer holds at least one message whenever its newest item is a message,
-and a notice always finds room or a notice to join; under the ``close`` policy a
-notice that would have to drop a message closes the subscription instead.
+A notice's errors for names that stopped alone are bounded by the names the
+subscription holds, and an outage does not take their place: each such name's
+holder hears why it stopped (a refused name has left the subscription, and only
+its error says so). So a full buffer holds at least one message whenever its
+newest item is a message, and a notice always finds room or a notice to join;
+under the ``close`` policy a notice that would have to drop a message closes the
+subscription instead.
 """
 
 from __future__ import annotations
@@ -71,17 +78,25 @@ def messages_of(channel: bytes, pattern: bytes | None, payloads: list[bytes]) ->
 
 
 class Notice:
-    """For the consumer: ``error`` (a disconnect, if not None), then ``names`` (an
-    activation of these names, if any)."""
+    """For the consumer: ``error`` (an outage, if not None), then each error of
+    ``named`` (names that stopped alone: refused for good, or unsubscribed by the
+    server), then ``names`` (an activation of these names, if any)."""
 
-    __slots__ = ("error", "names")
+    __slots__ = ("error", "named", "names")
 
-    def __init__(self, error: RedisMPXError | None, names: list[bytes] | None) -> None:
+    def __init__(
+        self,
+        error: RedisMPXError | None = None,
+        named: dict[bytes, RedisMPXError] | None = None,
+        names: list[bytes] | None = None,
+    ) -> None:
         self.error = error
+        self.named = named
         self.names = names
 
     def __repr__(self) -> str:
         parts = [] if self.error is None else ["disconnected"]
+        parts += [] if not self.named else [f"{len(self.named)} names stopped"]
         parts += [] if self.names is None else [f"activated {len(self.names)}"]
         return f"<Notice {', then '.join(parts)}>"
 
@@ -155,32 +170,45 @@ class DeliveryQueue:
         """Tell the consumer these names became active; False if that overflowed ``close``."""
         if self.overflowed:
             return False
-        items = self.items
-        newest = items[-1] if items else None
-        if newest.__class__ is Notice:  # nothing between them: one notice
-            assert isinstance(newest, Notice)
+        newest = self._newest_notice()
+        if newest is not None:  # nothing between them: one notice
             newest.names = [*newest.names, *names] if newest.names else list(names)
             return True
-        return self._append(Notice(None, list(names)))
+        return self._append(Notice(names=list(names)))
 
     def push_disconnected(self, error: RedisMPXError) -> bool:
-        """Tell the consumer its names stopped being active; False if that overflowed
-        ``close``. It supersedes the activations queued before it."""
+        """Tell the consumer its names stopped being active (an outage); False if that
+        overflowed ``close``. It supersedes the activations queued before it."""
         if self.overflowed:
             return False
-        if self._notices:
-            self._drop_activations()
-        items = self.items
-        if len(items) >= self.bound and items and items[-1].__class__ is Notice:
-            newest = items[-1]
-            assert isinstance(newest, Notice)
-            newest.error = error  # one more outage while stuck: told once, the latest
+        self.drop_activations()
+        if len(self.items) >= self.bound:
+            newest = self._newest_notice()
+            if newest is not None:
+                newest.error = error  # one more outage while stuck: told once, the latest
+                return True
+        return self._append(Notice(error))
+
+    def push_stopped(self, name: bytes, error: RedisMPXError) -> bool:
+        """Tell the consumer ``name`` alone stopped (refused for good, or to be activated
+        again); False if that overflowed ``close``. It supersedes the activations of
+        ``name`` queued before it, and joins the newest notice: one error per name there,
+        the latest."""
+        if self.overflowed:
+            return False
+        self.drop_activations(name)
+        newest = self._newest_notice()
+        if newest is not None:
+            if newest.named is None:
+                newest.named = {}
+            newest.named.pop(name, None)  # (told in the order they happened)
+            newest.named[name] = error
             return True
-        return self._append(Notice(error, None))
+        return self._append(Notice(named={name: error}))
 
     def push_final(self, error: RedisMPXError) -> None:
         """The last notice of a subscription closed by an overflow (past the bound)."""
-        self.items.append(Notice(error, None))
+        self.items.append(Notice(error))
         self._notices += 1
 
     def pop(self, held: Container[bytes]) -> Item | None:
@@ -207,11 +235,32 @@ class DeliveryQueue:
         self.items.clear()
         self.items.extend(notices)
 
-    def drop_activations(self) -> None:
-        """A disconnect the consumer will not be told of (it has no callback for it)
-        still supersedes the activations queued before it."""
-        if self._notices:
-            self._drop_activations()
+    def drop_activations(self, name: bytes | None = None) -> None:
+        """Forget the queued activations of ``name`` (of every name, if None): it stopped
+        being active, whether or not the consumer is told (it may have no callback for
+        it)."""
+        if not self._notices:
+            return
+        kept: list[Item] = []
+        for item in self.items:
+            if item.__class__ is Notice:
+                assert isinstance(item, Notice)
+                if item.names is not None:
+                    if name is None:
+                        item.names = None
+                    elif name in item.names:
+                        item.names = [n for n in item.names if n != name] or None
+                if item.error is None and not item.named and item.names is None:
+                    self._notices -= 1
+                    continue  # nothing left to tell
+            kept.append(item)
+        self.items.clear()
+        self.items.extend(kept)
+
+    def _newest_notice(self) -> Notice | None:
+        items = self.items
+        newest = items[-1] if items else None
+        return newest if newest.__class__ is Notice else None
 
     def _append(self, notice: Notice) -> bool:
         if len(self.items) >= self.bound:
@@ -235,16 +284,3 @@ class DeliveryQueue:
                 count -= 1
                 self.dropped += 1
         items.extendleft(reversed(kept))
-
-    def _drop_activations(self) -> None:
-        kept: list[Item] = []
-        for item in self.items:
-            if item.__class__ is Notice:
-                assert isinstance(item, Notice)
-                if item.error is None:
-                    self._notices -= 1
-                    continue  # an activation alone: gone
-                item.names = None
-            kept.append(item)
-        self.items.clear()
-        self.items.extend(kept)

@@ -23,6 +23,7 @@ from redismpx_core import (
     Event,
     MessagesReceived,
     MultiplexerCore,
+    NameDeactivated,
     NameRejected,
     NamesActivated,
     PromiseExpired,
@@ -74,7 +75,15 @@ class Subscriber(Protocol):
         """One batch of names became active (``names`` is the core's: do not keep it)."""
         ...
 
-    def disconnected(self, error: RedisMPXError) -> None: ...
+    def disconnected(self, error: RedisMPXError) -> None:
+        """The connection under every name of the subscription was lost."""
+        ...
+
+    def deactivated(self, name: bytes, error: RedisMPXError) -> None:
+        """``name`` alone stopped being active (the server unsubscribed it); the
+        subscription keeps it, and it is activated again."""
+        ...
+
     def rejected(self, name: bytes, error: ServerError) -> None:
         """Redis refused ``name``; the core dropped it from the subscription."""
         ...
@@ -255,6 +264,8 @@ class Engine:
                 event.subscriber.activated(event.names)
             elif type(event) is SubscriptionDisconnected:
                 event.subscriber.disconnected(event.error)
+            elif type(event) is NameDeactivated:
+                event.subscriber.deactivated(event.name, event.error)
             elif type(event) is NameRejected:
                 event.subscriber.rejected(event.name, event.error)
             elif type(event) is PromiseFulfilled:

@@ -93,6 +93,9 @@ class IteratorFeed:
     def disconnected(self, error: RedisMPXError) -> None:
         """Iteration carries on after a reconnect; nothing to do."""
 
+    def deactivated(self, name: bytes, error: RedisMPXError) -> None:
+        """Iteration carries on until the name is active again; nothing to do."""
+
     def rejected(self, name: bytes, error: ServerError) -> None:
         # The iterator can no longer deliver what it was asked for: it ends, and the
         # refusal reaches its reader (SPEC 3.12), whether it is entering or iterating.

@@ -114,6 +114,9 @@ class _PromiseFeed:
         if self.active.is_set():
             self.active = self.engine.backend.new_signal()
 
+    def deactivated(self, name: bytes, error: RedisMPXError) -> None:
+        self.disconnected(error)  # its one pattern: promises wait for it again
+
     def rejected(self, name: bytes, error: ServerError) -> None:
         # Without its pattern the subscription can never make a promise: it is over,
         # and its waiters learn why.

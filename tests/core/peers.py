@@ -38,6 +38,7 @@ from redismpx_core import (
     Event,
     MessagesReceived,
     MultiplexerCore,
+    NameDeactivated,
     NameRejected,
     NamesActivated,
     PromiseExpired,
@@ -180,6 +181,8 @@ def normalise(events: Iterable[Event]) -> list[tuple[Any, ...]]:
                 out.append(("activated", event.subscriber, name))
         elif isinstance(event, NameRejected):
             out.append(("rejected", event.subscriber, event.name, event.error.code))
+        elif isinstance(event, NameDeactivated):
+            out.append(("deactivated", event.subscriber, event.name, type(event.error).__name__))
         elif isinstance(event, SubscriptionDisconnected):
             out.append(("disconnected", event.subscriber, type(event.error).__name__))
         elif isinstance(event, PublishCompleted):

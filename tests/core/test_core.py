@@ -14,6 +14,7 @@ from redismpx_core import (
     InactiveSubscription,
     MessagesReceived,
     MultiplexerCore,
+    NameDeactivated,
     NameRejected,
     NamesActivated,
     PromiseExpired,
@@ -470,8 +471,8 @@ def test_a_server_sent_sunsubscribe_resubscribes() -> None:
     core.data_to_send()
     core.receive_data(confirm(2, "ssubscribe", "k"), 0.0)
     [told] = core.receive_data(confirm(2, "sunsubscribe", "k", start=0), 0.0)
-    assert isinstance(told, SubscriptionDisconnected)
-    assert told.subscriber == "S"
+    assert isinstance(told, NameDeactivated)
+    assert (told.subscriber, told.name) == ("S", b"k")
     assert not core.is_active(s, b"k")
     assert core.data_to_send() == arr("SSUBSCRIBE", "k")
     assert core.receive_data(confirm(2, "ssubscribe", "k"), 0.0) == activated("S", "k")
@@ -498,9 +499,9 @@ def test_a_server_sent_unsubscribe_tells_every_holder_before_the_name_comes_back
     events = core.receive_data(
         frame(protocol, "sunsubscribe", "s", 1) + frame(protocol, "smessage", "s", "gone"), 0.0
     )
-    assert [(type(e), e.subscriber) for e in events] == [  # type: ignore[union-attr]
-        (SubscriptionDisconnected, "A"),
-        (SubscriptionDisconnected, "B"),
+    assert [(type(e), e.subscriber, e.name) for e in events] == [  # type: ignore[union-attr]
+        (NameDeactivated, "A", b"s"),
+        (NameDeactivated, "B", b"s"),
     ]
     error = events[0].error  # type: ignore[union-attr]
     assert events[1].error is error  # type: ignore[union-attr]

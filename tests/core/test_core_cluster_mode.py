@@ -11,9 +11,9 @@ from redismpx_core import (
     CommandCompleted,
     CommandFailed,
     ConnectionLost,
+    NameDeactivated,
     NameRejected,
     NamesActivated,
-    SubscriptionDisconnected,
     SubscriptionKind,
 )
 from redismpx_core._policy import CLUSTER_NODE, STAND_ALONE
@@ -123,7 +123,7 @@ def test_a_server_sent_sunsubscribe(cluster: bool) -> None:
     else:
         # Told (the messages in between are lost), then subscribed again.
         assert [(type(e), e.subscriber) for e in events] == [  # type: ignore[union-attr]
-            (SubscriptionDisconnected, "owner")
+            (NameDeactivated, "owner")
         ]
         assert sub.names == {OTHER: None}
         assert core.data_to_send() == arr("SSUBSCRIBE", OTHER)  # again, here

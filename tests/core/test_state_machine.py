@@ -64,6 +64,7 @@ from redismpx_core import (
     InactiveSubscription,
     MessagesReceived,
     MultiplexerCore,
+    NameDeactivated,
     NameRejected,
     NamesActivated,
     PromiseExpired,
@@ -344,15 +345,16 @@ class CoreMachine(RuleBasedStateMachine):
                 self._unhold(sub, [event.name])
             elif isinstance(event, MessagesReceived):
                 self._check_messages(event)
+            elif isinstance(event, NameDeactivated):
+                assert source == "server_unsubscribe", f"{event} from {source}"
+                sub = self.subs[event.subscriber]
+                name = self.server_unsubscribed
+                assert event.name == name
+                assert name in sub.activated, f"{sub}: told of {name!r}, not active for it"
+                assert isinstance(event.error, ConnectionLost)
+                sub.activated.discard(name)
             elif isinstance(event, SubscriptionDisconnected):
                 disconnected.append(event.subscriber)
-                if source == "server_unsubscribe":
-                    sub = self.subs[event.subscriber]
-                    name = self.server_unsubscribed
-                    assert name in sub.activated, f"{sub}: told of {name!r}, not active for it"
-                    assert isinstance(event.error, ConnectionLost)
-                    sub.activated.discard(name)
-                    continue
                 assert source == "lost", f"{event} from {source}"
                 assert event.error is error
             elif isinstance(event, PromiseFulfilled):
@@ -884,7 +886,7 @@ class CoreMachine(RuleBasedStateMachine):
             self.process(events, "server_unsubscribe")
         finally:
             self.server_unsubscribed = None
-        told = [e.subscriber for e in events if isinstance(e, SubscriptionDisconnected)]
+        told = [e.subscriber for e in events if isinstance(e, NameDeactivated)]
         assert len(told) == len(set(told)), f"a holder told twice of {name!r}: {told}"
         assert set(told) == set(holders), f"told {told} of {name!r}, its holders are {holders}"
         assert not any(self.core.is_active(self.subs[o].handle, name) for o in holders)

@@ -22,12 +22,15 @@ LOST = ConnectionLost("lost")
 
 def take(queue: DeliveryQueue) -> list[object]:
     """Everything a consumer would get, in order: payloads, and notices as
-    ("disconnected", error) and ("activated", names) in the order they are told."""
+    ("disconnected", error), ("stopped", error) and ("activated", names) in the order
+    they are told."""
     got: list[object] = []
     while (item := queue.pop(HELD)) is not None:
         if isinstance(item, Notice):
             if item.error is not None:
                 got.append(("disconnected", item.error))
+            for error in (item.named or {}).values():
+                got.append(("stopped", error))
             if item.names is not None:
                 got.append(("activated", item.names))
         else:
@@ -298,3 +301,102 @@ def test_one_run_shared_by_several_queues_is_never_changed() -> None:
     assert take(oldest) == [b"2", b"3"]
     assert take(newest) == [b"1", b"2"]
     assert (oldest.dropped, newest.dropped) == (2, 1)
+
+
+# ---------------------------------------------------------------- names that stop alone
+
+
+def test_a_name_that_stops_alone_supersedes_only_its_own_activation() -> None:
+    queue = DeliveryQueue(8, DROP_OLDEST)
+    queue.push_disconnected(LOST)
+    queue.push_activated([b"a", b"b"])
+    refused = ConnectionLost("b refused")
+    assert queue.push_stopped(b"b", refused)
+    assert take(queue) == [("disconnected", LOST), ("stopped", refused), ("activated", [b"a"])]
+
+
+def test_a_refusal_is_told_even_when_an_outage_joins_its_notice() -> None:
+    queue = DeliveryQueue(1, DROP_OLDEST)
+    refused = ConnectionLost("b refused")
+    queue.push_stopped(b"b", refused)
+    queue.push_disconnected(LOST)  # the buffer is full: joins the notice
+    assert len(queue) == 1
+    assert take(queue) == [("disconnected", LOST), ("stopped", refused)]
+
+
+def test_a_name_stopping_again_and_again_keeps_one_error() -> None:
+    queue = DeliveryQueue(2, DROP_OLDEST)
+    queue.push(messages_of(b"a", None, [b"1", b"2"]))
+    for round_ in range(100):
+        queue.push_activated([b"a"])
+        queue.push_stopped(b"a", ConnectionLost(f"stop {round_}"))
+    assert len(queue) == 2
+    (notice,) = [item for item in queue.items if isinstance(item, Notice)]
+    assert notice.names is None
+    assert notice.named is not None
+    assert list(notice.named) == [b"a"]
+
+
+history = st.lists(
+    st.one_of(
+        st.just(("outage",)),
+        st.tuples(st.just("activate"), st.sets(st.sampled_from([b"a", b"b", b"c"]), min_size=1)),
+        st.tuples(st.just("stop"), st.sampled_from([b"a", b"b", b"c"])),
+        st.tuples(st.just("refuse"), st.sampled_from([b"a", b"b", b"c"])),
+        st.tuples(st.just("messages"), st.integers(1, 5)),
+    ),
+    max_size=40,
+)
+
+
+@given(
+    bound=st.integers(1, 5),
+    steps=history,
+    policy=st.sampled_from([DROP_OLDEST, DROP_NEWEST]),
+)
+def test_a_stuck_consumer_hears_what_the_history_adds_up_to(
+    bound: int, steps: list[tuple[object, ...]], policy: OverflowPolicy
+) -> None:
+    """Whatever happened while the consumer was stuck, replaying its notices leaves it
+    believing exactly the names that are active, never hearing of an activation of a name
+    it believes active, told of every refusal; and the queue stays within its bound."""
+    queue = DeliveryQueue(bound, policy)
+    held = {b"a", b"b", b"c"}
+    active = set(held)  # what the consumer was told before it got stuck
+    believed = set(active)
+    refusals: set[bytes] = set()
+    for step in steps:
+        kind = step[0]
+        if kind == "outage":
+            active.clear()
+            queue.push_disconnected(LOST)
+        elif kind == "activate":
+            names = sorted(n for n in step[1] if n in held and n not in active)  # type: ignore[attr-defined]
+            if names:
+                active.update(names)
+                queue.push_activated(names)
+        elif kind == "stop" and step[1] in active:
+            active.discard(step[1])  # type: ignore[arg-type]
+            queue.push_stopped(step[1], ConnectionLost("stopped"))  # type: ignore[arg-type]
+        elif kind == "refuse" and step[1] in held and step[1] not in active:
+            held.discard(step[1])  # type: ignore[arg-type]
+            refusals.add(step[1])  # type: ignore[arg-type]
+            queue.push_stopped(step[1], ConnectionLost(f"refused {step[1]!r}"))  # type: ignore[arg-type]
+        elif kind == "messages":
+            queue.push(messages_of(b"a", None, [b"m"] * step[1]))  # type: ignore[operator]
+        assert len(queue) <= bound
+    told_refused: set[bytes] = set()
+    while (item := queue.pop({b"a"})) is not None:
+        if not isinstance(item, Notice):
+            continue
+        if item.error is not None:
+            believed.clear()
+        for name, error in (item.named or {}).items():
+            believed.discard(name)
+            if str(error).startswith("refused"):
+                told_refused.add(name)
+        for name in item.names or ():
+            assert name not in believed, f"{name!r} activated twice in a row"
+            believed.add(name)
+    assert believed == active
+    assert told_refused == refusals
