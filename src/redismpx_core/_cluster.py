@@ -42,6 +42,18 @@ reconnect on one server. Cores left with nothing to carry are dropped, and the
 driver stops their connections. If the control's connection fails, the next node
 (masters of the last topology first, then the startup nodes) takes over.
 
+Turning to another node after a failure backs off as a reconnect does: the new
+node's connection, when it is a new one, is withheld from :meth:`connections`
+for a delay that grows with each turn in a row (its :meth:`next_deadline` says
+when), and the delays start over once any connection completes its handshake. A
+cluster whose nodes all refuse connections is tried in turn at the pace of one
+connection's backoff, not as fast as the loop can go.
+
+A connection the router drops (it no longer appears in :meth:`connections`) has
+its core closed: the subscription and promise events of that close come with the
+router's next output, but publishes and requests still pending on it are the
+driver's to fail, since their tokens are that core's and may equal another's.
+
 Names and placements
 --------------------
 
@@ -68,14 +80,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Final, Generic, Literal
 
+from ._backoff import Backoff
 from ._core import MultiplexerCore
-from ._errors import InactiveSubscription, ProtocolError, ServerError, SubscriptionClosed
+from ._errors import (
+    InactiveSubscription,
+    ProtocolError,
+    ServerError,
+    SubscriptionClosed,
+)
 from ._events import (
     CommandCompleted,
     CommandFailed,
+    ConnectionEstablished,
     Event,
     NameRejected,
     P,
+    PublishFailed,
     S,
 )
 from ._handles import (
@@ -163,6 +183,13 @@ class ClusterCore(Generic[S, P]):
         self._given_up: dict[int, tuple[Node, int]] = {}
         # Events of cores closed on the router's own initiative, for the next output.
         self._held: list[Event[S, P]] = []
+        # New connections withheld until then, after a turn from a failed node.
+        self._not_before: dict[ConnectionKey, float] = {}
+        self._turns = Backoff(
+            base=core_options.get("backoff_base", 0.1),
+            cap=core_options.get("backoff_cap", 10.0),
+            random=random,
+        )
         self._use_cluster_slots = False
         self._refresh_wanted = True
         self._refresh_token: int | None = None
@@ -177,12 +204,15 @@ class ClusterCore(Generic[S, P]):
     # ------------------------------------------------------------------ connections
 
     def connections(self) -> dict[ConnectionKey, MultiplexerCore[S, P]]:
-        """Every connection the driver should keep open now, and the core it runs."""
+        """Every connection the driver should keep open now, and the core it runs (a
+        connection withheld after a turn from a failed node is not listed yet)."""
         wanted: dict[ConnectionKey, MultiplexerCore[S, P]] = {}
         for node, core in self._subscribers.items():
             wanted["subscriber", node] = core
         for node, core in self._commanders.items():
             wanted["commands", node] = core
+        for key in self._not_before:
+            wanted.pop(key, None)
         return wanted
 
     def _subscriber(self, node: Node) -> MultiplexerCore[S, P]:
@@ -210,9 +240,7 @@ class ClusterCore(Generic[S, P]):
         """The topology is known and the home connection is up."""
         home = self._subscribers.get(self._home)
         return (
-            self.topology is not None
-            and home is not None
-            and home.state is ConnectionState.READY
+            self.topology is not None and home is not None and home.state is ConnectionState.READY
         )
 
     @property
@@ -408,7 +436,16 @@ class ClusterCore(Generic[S, P]):
             or (self.topology is not None and node in self.topology.masters)
         ):
             return
-        self._held += self._subscribers.pop(node).close()
+        self._close_core(self._subscribers.pop(node))
+
+    def _close_core(self, core: MultiplexerCore[S, P]) -> None:
+        """Drop a node's core. Its replies pending are the driver's to fail (see the
+        module docstring); the rest is told with the next output."""
+        self._held += [
+            event
+            for event in core.close()
+            if not isinstance(event, PublishFailed | CommandFailed)
+        ]
 
     def _owner(self, slot: int) -> Node | None:
         """Where the slot's names go now; None while unknown (the names wait)."""
@@ -471,7 +508,9 @@ class ClusterCore(Generic[S, P]):
         role, node = key
         out: list[Event[S, P]] = []
         for event in events:
-            if isinstance(event, NameRejected):
+            if type(event) is ConnectionEstablished:
+                self._turns.reset()  # a node answers: turning needs no delay again
+            elif isinstance(event, NameRejected):
                 if role == "subscriber" and self._rejected(event, node):
                     continue
             elif (
@@ -506,13 +545,34 @@ class ClusterCore(Generic[S, P]):
         if role == "commands" and node == self._control:
             self._refresh_token = None
             self._control = self._next_candidate(node)
+            self._hold_back(("commands", self._control), self._commanders, now)
+            if self._control != node and (
+                self.topology is None or node not in self.topology.masters
+            ):
+                self._close_core(self._commanders.pop(node))  # no publish goes there
         if role == "subscriber" and node == self._home:
-            events += self._move_home(self._next_candidate(node))
+            new = self._next_candidate(node)
+            self._hold_back(("subscriber", new), self._subscribers, now)
+            events += self._move_home(new)
         self._pump(now)
         return self._take_held(events)
 
+    def _hold_back(
+        self, key: ConnectionKey, cores: dict[Node, MultiplexerCore[S, P]], now: float
+    ) -> None:
+        """A turn to ``key`` after a failure: a new connection there waits its backoff
+        delay (one already running is left alone; its own backoff paces it)."""
+        if key[1] not in cores and key not in self._not_before:
+            self._not_before[key] = now + self._turns.next_delay()
+
+    def _release_due(self, now: float) -> None:
+        if self._not_before:
+            for key in [k for k, when in self._not_before.items() if when <= now]:
+                del self._not_before[key]
+
     def next_deadline(self) -> float | None:
-        """When :meth:`handle_timeout` has work: a throttled or periodic refresh.
+        """When :meth:`handle_timeout` has work: a throttled or periodic refresh, or a
+        withheld connection to let go.
 
         A wanted query has a deadline only while it could go out then: once the control
         connection exists and is not ready, the query waits for its handshake (which
@@ -521,11 +581,15 @@ class ClusterCore(Generic[S, P]):
         """
         if self._closed:
             return None
+        deadline = self._next_periodic
         if self._refresh_wanted and self._refresh_token is None:
             control = self._commanders.get(self._control)
             if control is None or control.state is ConnectionState.READY:
-                return self._refresh_not_before
-        return self._next_periodic
+                deadline = self._refresh_not_before
+        if self._not_before:
+            withheld = min(self._not_before.values())
+            deadline = withheld if deadline is None else min(deadline, withheld)
+        return deadline
 
     def handle_timeout(self, now: float) -> list[Event[S, P]]:
         if self._closed:
@@ -539,7 +603,9 @@ class ClusterCore(Generic[S, P]):
     # ------------------------------------------------------------------ topology
 
     def _pump(self, now: float) -> None:
-        """Send the topology query if one is wanted, allowed and possible now."""
+        """Let go of withheld connections now due; send the topology query if one is
+        wanted, allowed and possible now."""
+        self._release_due(now)
         if (
             self._closed
             or not self._refresh_wanted
@@ -617,7 +683,7 @@ class ClusterCore(Generic[S, P]):
             events += self._move_home(topology.masters[0] if topology.masters else self._home)
         for node in [n for n in self._commanders if n != self._control]:
             if node not in topology.masters:
-                self._held += self._commanders.pop(node).close()
+                self._close_core(self._commanders.pop(node))
         for node in list(self._subscribers):
             self._drop_if_idle(node)  # the masters changed
         return events
@@ -629,12 +695,12 @@ class ClusterCore(Generic[S, P]):
         new: Node | None,
         names: list[bytes],
     ) -> list[Event[S, P]]:
+        events: list[Event[S, P]] = []
         if old is not None:
             self._subscribers[old].remove(self._placements[sub][old], names)
             self._release(sub, old)
-        events: list[Event[S, P]] = []
         if new is not None:
-            events = self._subscriber(new).add(self._node_handle(sub, new), names)
+            events += self._subscriber(new).add(self._node_handle(sub, new), names)
         sub.names.update(dict.fromkeys(names, new))
         return events
 
@@ -772,4 +838,3 @@ def _redirect_target(error: ServerError, asked: Node) -> Node | None:
         return None
     host = host.strip("[]") or asked.host
     return replace(asked, host=host, port=int(port)) if host != "?" else None
-

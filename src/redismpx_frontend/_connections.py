@@ -29,7 +29,7 @@ from redismpx_core._cluster import ConnectionKey
 
 from ._backend import Signal
 from ._engine import Core, Engine, Events, PromiseOwner, Router, Subscriber
-from ._link import Link
+from ._link import Link, LinkDropped
 
 __all__ = ("ClusterConnections", "Connections", "ServerConnections")
 
@@ -177,7 +177,9 @@ class ClusterConnections:
         self._reconcile()
 
     def changed(self) -> None:
-        self._reconcile()
+        # A subscription or a promise changed: a node core may have a new deadline (a
+        # promise's) without bytes to send, so every link's writer looks again.
+        self._reconcile(wake_all=True)
 
     def stop(self) -> None:
         for link in self._links.values():
@@ -195,21 +197,22 @@ class ClusterConnections:
 
     # ---- the links the router wants
 
-    def _reconcile(self) -> None:
-        """Keep a link for exactly the connections the router wants; wake writers."""
+    def _reconcile(self, *, wake_all: bool = False) -> None:
+        """Keep a link for exactly the connections the router wants; wake writers (those
+        with bytes to send, or all of them)."""
         engine = self._engine
         if engine.closed or not engine.started:
             return
         wanted = self._router.connections()
         links = self._links
         for key in [k for k, link in links.items() if wanted.get(k) is not link.core]:
-            links.pop(key).stop()
+            links.pop(key).drop()
         for key, core in wanted.items():
             link = links.get(key)
             if link is None:
                 link = links[key] = self._node_link(key, core)
                 link.start()
-            elif core.wants_write:
+            elif wake_all or core.wants_write:
                 link.wake()
         if self._router.connected:
             self._ready.set()
@@ -285,11 +288,14 @@ class ClusterConnections:
                 return
 
     async def publish(self, channel: bytes, data: bytes, *, sharded: bool) -> int:
-        error: ServerError | None = None
+        error: ServerError | LinkDropped | None = None
         for _ in range(PUBLISH_ATTEMPTS):
             key = await self._publish_target(channel, sharded)
             try:
                 return await self._links[key].publish(channel, data, sharded=sharded)
+            except LinkDropped as exc:
+                error = exc  # not sent: the router turned elsewhere, ask it again
+                continue
             except ServerError as exc:
                 if exc.code != "MOVED":
                     raise

@@ -30,9 +30,14 @@ from ._connect import open_stream
 from ._engine import Core, Engine, Events
 from ._runner import ConnectionRunner
 
-__all__ = ("Link",)
+__all__ = ("Link", "LinkDropped")
 
 logger = logging.getLogger("redismpx")
+
+
+class LinkDropped(ConnectionLost):
+    """A publish waited for a link that a cluster router then dropped, before it was
+    sent: the caller looks for the connection to send it on again."""
 
 
 class _PublishWaiter:
@@ -52,7 +57,16 @@ class Link:
     loss, after the core.
     """
 
-    __slots__ = ("_engine", "_ready", "_role", "_target", "_waiters", "core", "runner")
+    __slots__ = (
+        "_dropped",
+        "_engine",
+        "_ready",
+        "_role",
+        "_target",
+        "_waiters",
+        "core",
+        "runner",
+    )
 
     def __init__(
         self,
@@ -70,6 +84,7 @@ class Link:
         self._target = settings.redacted_url()
         self._ready = engine.backend.new_signal()
         self._waiters: dict[int, _PublishWaiter] = {}
+        self._dropped = False
         self.runner = ConnectionRunner(
             engine.backend,
             core,
@@ -88,6 +103,16 @@ class Link:
 
     def stop(self) -> None:
         self.runner.stop()
+
+    def drop(self) -> None:
+        """A cluster router no longer wants this connection (it closed the core): stop
+        it. A publish waiting for it to be ready raises :class:`LinkDropped`, and one
+        already sent fails with ``ConnectionLost`` (it may have been delivered, and is
+        not sent twice); the closed core's own failures are not told (see ClusterCore)."""
+        self.runner.stop()
+        self._dropped = True
+        self._fail_waiters(ConnectionLost(f"the connection to {self._target} was dropped"))
+        self._ready.set()
 
     def wake(self) -> None:
         self.runner.wake()
@@ -134,6 +159,8 @@ class Link:
             await ready.wait()
             if self._engine.closed:
                 raise SubscriptionClosed("the multiplexer is closed")
+            if self._dropped:
+                raise LinkDropped(f"the connection to {self._target} was dropped")
             if ready is self._ready:
                 return
 
@@ -157,11 +184,14 @@ class Link:
 
     def close(self) -> None:
         """The multiplexer closed: wake every waiter (the core already failed its replies)."""
+        self._fail_waiters(SubscriptionClosed("the multiplexer was closed"))
+        self._ready.set()
+
+    def _fail_waiters(self, error: ConnectionLost | SubscriptionClosed) -> None:
         for waiter in self._waiters.values():
-            waiter.error = SubscriptionClosed("the multiplexer was closed")
+            waiter.error = error
             waiter.signal.set()
         self._waiters.clear()
-        self._ready.set()
 
 
 def log_handshake(role: str, target: str, core: Core) -> None:
