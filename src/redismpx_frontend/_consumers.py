@@ -65,6 +65,19 @@ def buffer_options(
         raise ValueError(f"overflow must be one of {choices}, got {policy!r}") from None
 
 
+class _TaskQueue(DeliveryQueue):
+    """A queued subscription's buffer, with the state of the task that drains it."""
+
+    __slots__ = ("awaiting", "signal", "task_running")
+
+    def __init__(self, size: int, policy: OverflowPolicy) -> None:
+        super().__init__(size, policy)
+        self.signal: Signal | None = None
+        self.task_running = False
+        # What a callback returned when it turned out to be async: awaited first.
+        self.awaiting: tuple[str, Awaitable[object]] | None = None
+
+
 def _check_callable(label: str, fn: object, *, optional: bool = False) -> None:
     if fn is None and optional:
         return
@@ -82,20 +95,13 @@ def _is_awaitable(result: object) -> bool:
 class CallbackConsumer:
     """Delivery to one callback subscription: inline, or through its queue and task."""
 
-    __slots__ = (
-        "_awaiting",
-        "_on_activation",
-        "_on_disconnect",
-        "_on_message",
-        "_policy",
-        "_signal",
-        "_size",
-        "_task_running",
-        "engine",
-        "handle",
-        "queue",
-        "queued",
-    )
+    # Few slots: every subscription has one, and most are idle (docs/benchmarks.md).
+    __slots__ = ("_on_activation", "_on_disconnect", "_on_message", "engine", "handle", "queue")
+
+    #: False while callbacks run inline. The first async one makes the object a
+    #: :class:`_QueuedConsumer` for good, whose ``queued`` is True: a class attribute,
+    #: read by the dispatcher for every subscription of every run, and held by none.
+    queued: bool = False
 
     def __init__(
         self,
@@ -110,20 +116,20 @@ class CallbackConsumer:
         _check_callable("on_message", on_message)
         _check_callable("on_disconnect", on_disconnect, optional=True)
         _check_callable("on_activation", on_activation, optional=True)
-        self._size, self._policy = buffer_options(engine.settings, buffer_size, overflow)
+        size, policy = buffer_options(engine.settings, buffer_size, overflow)
         engine.check_usable()
         self.engine = engine
         self._on_message = on_message
         self._on_disconnect = on_disconnect
         self._on_activation = on_activation
-        self.queued = is_async_callable(on_message)
-        # A subscription whose callbacks are all sync never needs a buffer; an empty
-        # one would be most of an idle subscription's memory.
-        self.queue = DeliveryQueue(self._size, self._policy) if self.queued else None
-        self._signal: Signal | None = None
-        self._task_running = False
-        # What a callback returned when it turned out to be async: awaited first.
-        self._awaiting: tuple[str, Awaitable[object]] | None = None
+        queued = is_async_callable(on_message)
+        if queued:
+            self.__class__ = _QueuedConsumer
+        # A subscription whose callbacks are all sync never needs a buffer, and an empty
+        # one would be most of an idle subscription's memory: it is made when needed,
+        # with the multiplexer's settings, unless the subscription has its own.
+        own = buffer_size is not None or overflow is not None
+        self.queue = _TaskQueue(size, policy) if queued or own else None
         self.handle: Handle = engine.router.open_subscription(kind, self)
 
     # ---- the dispatcher's calls (the Subscriber protocol): never block, never raise
@@ -210,8 +216,9 @@ class CallbackConsumer:
             self._call_inline("on_disconnect", callback, error)
 
     def multiplexer_closed(self) -> None:
-        if self._signal is not None:
-            self._signal.set()  # its task sees the handle closed, and ends
+        queue = self.queue
+        if queue is not None and queue.signal is not None:
+            queue.signal.set()  # its task sees the handle closed, and ends
 
     def close(self) -> None:
         self.engine.close_subscription(self.handle)
@@ -234,15 +241,14 @@ class CallbackConsumer:
     def _switch_to_queued(self, label: str, awaitable: Awaitable[object]) -> None:
         """A callback turned out to be async: from now on everything goes through the
         queue, and the subscription's task first awaits what that call returned."""
-        self.queued = True
-        self._awaiting = (label, awaitable)
-        self._ensure_queue()
+        self.__class__ = _QueuedConsumer
+        self._ensure_queue().awaiting = (label, awaitable)
         self._wake()
 
-    def _ensure_queue(self) -> DeliveryQueue:
+    def _ensure_queue(self) -> _TaskQueue:
         queue = self.queue
         if queue is None:  # (not `or`: an empty queue is falsy)
-            queue = self.queue = DeliveryQueue(self._size, self._policy)
+            queue = self.queue = _TaskQueue(*buffer_options(self.engine.settings, None, None))
         return queue
 
     def _told(self, accepted: bool) -> None:
@@ -272,10 +278,12 @@ class CallbackConsumer:
         self._wake()
 
     def _wake(self) -> None:
-        if self._signal is not None:
-            self._signal.set()
-        if not self._task_running:
-            self._task_running = True
+        queue = self.queue
+        assert queue is not None  # only a queued subscription has a task
+        if queue.signal is not None:
+            queue.signal.set()
+        if not queue.task_running:
+            queue.task_running = True
             self.engine.spawn(self._drain)
 
     async def _drain(self) -> None:
@@ -288,9 +296,9 @@ class CallbackConsumer:
         assert queue is not None  # made before the task is spawned
         items = queue.items
         try:
-            if self._awaiting is not None:
-                label, awaitable = self._awaiting
-                self._awaiting = None
+            if queue.awaiting is not None:
+                label, awaitable = queue.awaiting
+                queue.awaiting = None
                 await _await_reported(label, awaitable)
             while True:
                 # One item at a time: what waits for a stuck callback stays in the queue,
@@ -298,25 +306,31 @@ class CallbackConsumer:
                 if not items:
                     if handle.closed:
                         return
-                    signal = self._signal = engine.backend.new_signal()
+                    signal = queue.signal = engine.backend.new_signal()
                     await signal.wait()
                     continue
-                item = queue.pop(names)
-                if item is None:
-                    continue
+                # DeliveryQueue.pop's rules, taken by hand: the hot path of every async
+                # callback (see DeliveryQueue.pop).
+                item = items.popleft()
                 if item.__class__ is Notice:
+                    queue.notice_taken()
                     await self._run_notice(item)
                     continue
-                channel, payload, _pattern = item  # type: ignore[misc]
+                channel, payload, pattern = item  # type: ignore[misc]
+                if (pattern or channel) not in names:
+                    continue  # removed since: nothing more of it (SPEC 3.5)
                 engine.delivered += 1
                 try:
                     result = on_message(channel, payload)
-                    if _is_awaitable(result):
+                    # _is_awaitable, inlined for the same reason.
+                    if result.__class__ is CoroutineType or (
+                        result is not None and inspect.isawaitable(result)
+                    ):
                         await result
                 except Exception as exc:
                     report("on_message", exc)
         finally:
-            self._task_running = False
+            queue.task_running = False
 
     async def _run_notice(self, notice: Notice) -> None:
         on_disconnect, on_activation = self._on_disconnect, self._on_activation
@@ -329,6 +343,13 @@ class CallbackConsumer:
         if notice.names and on_activation is not None:
             for name in notice.names:
                 await _run_callback("on_activation", on_activation, name)
+
+
+class _QueuedConsumer(CallbackConsumer):
+    """A callback subscription whose callbacks are awaited by a task of its own."""
+
+    __slots__ = ()
+    queued = True
 
 
 async def _run_callback(label: str, callback: Callable[[Any], Any], value: object) -> None:

@@ -24,7 +24,9 @@ of check:
 * *at once*, inside the callbacks (recorded, since the front end swallows what a
   callback raises): a message reaches a subscription only for a name it holds,
   only once, and only if a server wrote it; nothing reaches a closed one; no
-  name is activated twice without a disconnect (or a remove) between.
+  name is activated twice without a disconnect (or a remove) between (in a
+  cluster, a move of its slot also counts: the activation on the new owner is the
+  notice of a move, as docs/cluster.md says).
 * *after every step* (``check_step``): no delivery queue holds more than its
   bound (messages and notices together); an iterator blocked waiting for its
   next message still holds a name it can be given; no promise is pending past
