@@ -583,15 +583,25 @@ def test_a_stale_topology_does_not_send_names_back_to_a_demoted_master() -> None
 # ---------------------------------------------------------------- refused names
 
 
-def test_a_refused_shard_name_leaves_the_subscription_and_can_come_back() -> None:
+def refused_at_start(
+    label: str, kind: SubscriptionKind, denied: bytes, names: list[bytes]
+) -> tuple[FakeCluster, ClusterCore, Harness, Owner, Any]:
+    """A subscription that added ``names`` while the cluster denied ``denied``, settled."""
     cluster = FakeCluster(NODES)
     router = new_router()
     net = Harness(cluster, router)
-    owner = Owner("one")
-    handle = router.open_subscription(SubscriptionKind.SHARD, owner)
-    cluster.deny(b"a")
-    net.take(router.add(handle, [b"a", b"b"]))
+    owner = Owner(label)
+    handle = router.open_subscription(kind, owner)
+    cluster.deny(denied)
+    net.take(router.add(handle, names))
     net.settle()
+    return cluster, router, net, owner, handle
+
+
+def test_a_refused_shard_name_leaves_the_subscription_and_can_come_back() -> None:
+    cluster, router, net, owner, handle = refused_at_start(
+        "one", SubscriptionKind.SHARD, b"a", [b"a", b"b"]
+    )
     assert net.rejections == [(owner, b"a")]  # the front end is told, as before
     assert list(handle.names) == [b"b"]
     assert not router.is_active(handle, b"a")
@@ -606,14 +616,9 @@ def test_a_refused_shard_name_leaves_the_subscription_and_can_come_back() -> Non
 
 
 def test_a_refused_shard_name_does_not_follow_its_slot() -> None:
-    cluster = FakeCluster(NODES)
-    router = new_router()
-    net = Harness(cluster, router)
-    owner = Owner("one")
-    handle = router.open_subscription(SubscriptionKind.SHARD, owner)
-    cluster.deny(b"a")
-    net.take(router.add(handle, [b"a"]))
-    net.settle()
+    cluster, router, net, owner, handle = refused_at_start(
+        "one", SubscriptionKind.SHARD, b"a", [b"a"]
+    )
     assert net.rejections == [(owner, b"a")]
     cluster.allow(b"a")
     destination = next(n for n in NODES if n != cluster.owner(b"a"))
@@ -628,14 +633,9 @@ def test_a_refused_shard_name_does_not_follow_its_slot() -> None:
 
 
 def test_a_refused_channel_name_leaves_the_subscription_and_can_come_back() -> None:
-    cluster = FakeCluster(NODES)
-    router = new_router()
-    net = Harness(cluster, router)
-    owner = Owner("channels")
-    handle = router.open_subscription(SubscriptionKind.CHANNEL, owner)
-    cluster.deny(b"news")
-    net.take(router.add(handle, [b"news", b"sport"]))
-    net.settle()
+    cluster, router, net, owner, handle = refused_at_start(
+        "channels", SubscriptionKind.CHANNEL, b"news", [b"news", b"sport"]
+    )
     assert net.rejections == [(owner, b"news")]
     assert list(handle.names) == [b"sport"]
     assert cluster.channel_holders(b"news") == []
