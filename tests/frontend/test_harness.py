@@ -368,8 +368,8 @@ class FrontEndMachine(RuleBasedStateMachine):
         self.idle: list[Any] = []  # the cost check's idle subscriptions (one name each)
         self.denied: set[bytes] = set()
         self.ever_denied: set[bytes] = set()
-        # Cluster only: when each slot of ours last changed owner (a stamp).
-        self.moved_at: dict[int, int] = {}
+        # Cluster only: the slots of ours that ever changed owner.
+        self.moved_slots: set[int] = set()
         self.closed = False
         self.stop = self.loop.new_signal()
         self.main = self.loop.spawn(self._main, name="main")
@@ -443,15 +443,12 @@ class FrontEndMachine(RuleBasedStateMachine):
         if (
             self.strict_activations(m, name)
             and previous is not None
-            and previous > self.last_break(m, name)
+            and previous > m.last_disconnect
+            and previous > m.removed_at.get(name, -1)
         ):
             self.violate(f"{m}: on_activation({name!r}) twice, no on_disconnect between")
         m.last_activation[name] = stamp
         m.activation_streams[name] = len(self.loop.streams)
-
-    def last_break(self, m: CallbackModel, name: bytes) -> int:
-        """When ``name`` last stopped for ``m`` in a way that allows a new activation."""
-        return max(m.last_disconnect, m.removed_at.get(name, -1))
 
     def strict_activations(self, m: CallbackModel, name: bytes) -> bool:
         """Whether a second activation of ``name`` with no break between is a violation.
@@ -1212,17 +1209,14 @@ class ClusterMachine(FrontEndMachine):
         # unsubscribe, read after a confirmation it sent first, or a MOVED) is not the
         # moment of the step that made it, so names of a slot that ever moved are not
         # checked for it.
-        return super().strict_activations(m, name) and key_slot(name) not in self.moved_at
+        return super().strict_activations(m, name) and key_slot(name) not in self.moved_slots
 
     def moving_slots(self, change: Callable[[], None]) -> None:
-        """Make ``change`` to the cluster, noting when each slot of ours changed owner."""
+        """Make ``change`` to the cluster, noting which slots of ours changed owner."""
         cluster = self.world.cluster
         before = {slot: cluster.owners[slot] for slot in self.shard_slots}
         change()
-        stamp = self.tick()
-        for slot, owner in before.items():
-            if cluster.owners[slot] != owner:
-                self.moved_at[slot] = stamp
+        self.moved_slots.update(s for s, owner in before.items() if cluster.owners[s] != owner)
 
     @property
     def shard_slots(self) -> set[int]:
