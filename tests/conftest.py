@@ -12,8 +12,10 @@ Fixtures (see tests/redis_servers.py for the RedisServer API):
 * ``redis_server`` (session): one shared server with the default configuration.
   Never stop, restart, pause or reconfigure it: take one from the factory instead.
 
-Tests marked ``@pytest.mark.redis7`` are skipped when the binary is older than
-Redis 7, and fail when ``REDISMPX_REQUIRE_REDIS7=1``.
+The server matrix (tests/server_matrix.py): ``@pytest.mark.server_feature(name)`` and
+``@pytest.mark.server_lacks(name)`` deselect the tests that do not apply to the server
+under test, and the terminal summary counts them. ``REDISMPX_REQUIRE_REDIS7=1`` (CI's
+main row) refuses to run against an older Redis at all.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+import server_matrix
 from redis_servers import (
+    ENV_REQUIRE_REDIS7,
     RedisServer,
+    RedisServerError,
     RedisServerFactory,
     binary_version,
     find_redis_server,
-    require_redis7,
     resolve_redis_server,
 )
 
@@ -50,9 +54,28 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"redis-server: {binary} ({version})"
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("redis7") is not None:
-        require_redis7(binary_version(resolve_redis_server()))
+def _server_build() -> server_matrix.ServerBuild | None:
+    try:
+        binary = find_redis_server()
+    except RedisServerError:
+        return None  # the fixtures report it, test by test
+    return server_matrix.server_build(binary) if binary is not None else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    server_matrix.configure(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    build = _server_build()
+    if build is not None and os.environ.get(ENV_REQUIRE_REDIS7) == "1" and not build.has("sharded"):
+        raise pytest.UsageError(f"{ENV_REQUIRE_REDIS7}=1 but the server is {build.label}")
+    server_matrix.deselect_not_applicable(config, items, build)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in server_matrix.summary_lines(terminalreporter.config, _server_build()):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -104,5 +127,7 @@ def redis_server(
     server = RedisServer(redis_binary, work_dir=tmp_path_factory.mktemp("redis-shared"))
     with server.start():
         yield server
+
+
 from redis_cluster import redis_cluster, redis_cluster_factory  # noqa: E402, F401
 from redis_sentinel import redis_sentinel_factory  # noqa: E402, F401

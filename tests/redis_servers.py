@@ -173,7 +173,8 @@ def acl_user(name: str, *rules: str) -> tuple[str, ...]:
 
     redis-server takes each rule as its own argv element: ``"alice on >pw"`` in one
     element is read as a single (invalid) user name.
-    ``acl_user("alice", "on", ">pw", "~*", "&*", "+@all")``.
+    ``acl_user("alice", "on", ">pw", "~*", "&*", "+@all")``. Channel patterns (``&p``) need
+    ``resetchannels`` before them on Redis 6.2, whose users start with every channel.
     """
     return ("--user", name, *rules)
 
@@ -314,14 +315,17 @@ class RedisServer:
 
     @property
     def version(self) -> tuple[int, int, int]:
-        """Server version: ``redis_version`` from INFO server when running, else the
-        binary's ``--version``."""
+        """Server version: ``valkey_version`` or ``redis_version`` from INFO server when
+        running, else the binary's ``--version``."""
         if self._version is None:
             version: tuple[int, int, int] | None = None
             if self.running and not self._paused:
                 with contextlib.suppress(OSError, hiredis.HiredisError):
                     info = self.info("server")
-                    parts = info.get("redis_version", "").split(".")
+                    # Valkey reports the Redis version it is compatible with (7.2.4)
+                    # as redis_version, and its own as valkey_version.
+                    own = info.get("valkey_version") or info.get("redis_version", "")
+                    parts = own.split(".")
                     if len(parts) >= 3 and all(p.isdigit() for p in parts[:3]):
                         version = (int(parts[0]), int(parts[1]), int(parts[2]))
             self._version = version or binary_version(self.binary)
@@ -417,12 +421,14 @@ class RedisServer:
                 raise _Exited
             try:
                 reply = self.command("PING", timeout=0.2)  # short: retried until the deadline
-            except (OSError, hiredis.HiredisError) as exc:
-                # refused (not listening yet), reset, LOADING, ...
-                last_error = exc
-            else:
                 if reply == b"PONG" and self._answered_by_own_process():
                     return
+            except (OSError, hiredis.HiredisError, hiredis.ReplyError) as exc:
+                # refused (not listening yet), reset, LOADING, and "max number of clients
+                # reached" with --maxclients 1 on a server (Redis 6.2) that frees the PING
+                # connection's slot only after the INFO connection arrives
+                last_error = exc
+            else:
                 last_error = RedisServerError(f"unexpected PING reply {reply!r}")
             if time.monotonic() >= deadline:
                 self.kill()

@@ -48,7 +48,7 @@ def test_core_churn_runs() -> None:
     assert float(out.splitlines()[-1].split(": ")[1]) > 0
 
 
-@pytest.mark.redis7  # SSUBSCRIBE, CLUSTER SHARDS, CLUSTER ADDSLOTSRANGE
+@pytest.mark.server_feature("cluster-shards")  # and SSUBSCRIBE
 def test_cluster_throughput_runs() -> None:
     out = run("benchmarks/cluster_throughput.py", "--quick")
     lines = out.splitlines()

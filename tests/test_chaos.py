@@ -69,7 +69,7 @@ def test_chaos_run_has_no_violations(driver: str) -> None:
     _assert_clean(_chaos("--rounds", str(ROUNDS), "--driver", driver), ROUNDS)
 
 
-@pytest.mark.redis7
+@pytest.mark.server_feature("cluster-shards")
 @pytest.mark.parametrize("driver", ["anyio-asyncio", "trio"])
 def test_cluster_chaos_run_has_no_violations(driver: str) -> None:
     lines = _chaos(

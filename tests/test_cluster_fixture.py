@@ -20,7 +20,7 @@ import pytest
 from redis_cluster import CLUSTER_SLOTS, RedisCluster, RedisClusterFactory
 from redis_servers import RedisServer, encode_command
 
-pytestmark = pytest.mark.redis7
+pytestmark = pytest.mark.server_feature("cluster-shards")
 
 _READ_TIMEOUT = 5.0
 

@@ -174,7 +174,9 @@ def _start_real(request: pytest.FixtureRequest, config: Config) -> RealBackend:
     args: list[str] = []
     if config.acl is not None:
         user, password, patterns = config.acl
-        args += acl_user(user, "on", f">{password}", "~*", *(f"&{p}" for p in patterns), "+@all")
+        args += acl_user(
+            user, "on", f">{password}", "~*", "resetchannels", *(f"&{p}" for p in patterns), "+@all"
+        )
     return RealBackend(factory(*args, password=config.password))
 
 

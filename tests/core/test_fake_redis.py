@@ -505,7 +505,7 @@ def plain_twin(redis_server_factory: Callable[..., RedisServer]) -> Any:
 @pytest.fixture
 def secured_twin(redis_server_factory: Callable[..., RedisServer]) -> Any:
     server = redis_server_factory(
-        *acl_user("alice", "on", ">pw", "~*", "&ok*", "+@all"), password="secret"
+        *acl_user("alice", "on", ">pw", "~*", "resetchannels", "&ok*", "+@all"), password="secret"
     )
     twin = Twin(FakeRedis(password="secret", users={"alice": ("pw", ["ok*"])}), server)
     yield twin

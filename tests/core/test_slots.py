@@ -197,7 +197,7 @@ def tricky_names(count: int, seed: int = 16384) -> list[bytes]:
     return found
 
 
-@pytest.mark.redis7
+@pytest.mark.server_feature("cluster-shards")
 def test_key_slot_agrees_with_cluster_keyslot(
     redis_server_factory: RedisServerFactory, tmp_path: Path
 ) -> None:

@@ -789,7 +789,7 @@ def parse_real(replies: dict[str, Any], asked: Node) -> dict[str, Topology]:
     return {name: parse[name[:-1]](reply, asked) for name, reply in replies.items()}
 
 
-@pytest.mark.redis7
+@pytest.mark.server_feature("cluster-shards")
 def test_a_real_single_node_cluster(
     redis_server_factory: RedisServerFactory, tmp_path: Path
 ) -> None:
@@ -808,7 +808,7 @@ def test_a_real_single_node_cluster(
     assert expected.covers_all_slots
 
 
-@pytest.mark.redis7
+@pytest.mark.server_feature("cluster-shards")
 def test_a_real_master_and_replica(
     redis_server_factory: RedisServerFactory, tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ from drivers.helpers import Inbox, Log, uniq, wait_server
 from redis_cluster import RedisCluster, RedisClusterFactory
 from redis_servers import RedisServer
 
-pytestmark = pytest.mark.redis7
+pytestmark = pytest.mark.server_feature("cluster-shards")
 
 #: Short timers: a lost node is noticed and routed around quickly.
 FAST: dict[str, Any] = {

@@ -226,7 +226,7 @@ def test_every_loss_is_one_notice(driver: Driver, redis_server_factory: RedisSer
     driver.run(body)
 
 
-@pytest.mark.redis7
+@pytest.mark.server_feature("sharded")
 def test_client_kill_resubscribes_shard_channels(
     driver: Driver, redis_server_factory: RedisServerFactory
 ) -> None:
@@ -640,7 +640,7 @@ def test_acl_denied_channel_is_rejected_alone_without_reconnect(
     """SPEC 3.12: NOPERM for one name drops that name only; no reconnect."""
     # alice may use channels that start with "allowed:"; the default user keeps every right.
     server = redis_server_factory(
-        *acl_user("alice", "on", ">alice-pw", "~*", "&allowed:*", "+@all")
+        *acl_user("alice", "on", ">alice-pw", "~*", "resetchannels", "&allowed:*", "+@all")
     )
     m = driver.module
     url = f"redis://alice:alice-pw@{server.host}:{server.port}"

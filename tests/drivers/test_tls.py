@@ -47,6 +47,7 @@ def refused_handshakes(tls: TLSServer) -> int:
     return text.count("Error accepting a client connection")
 
 
+@pytest.mark.server_feature("tls")
 def test_tls_with_a_trusted_ca_works_end_to_end(
     driver: Driver, tls_server: TLSServer, ca: trustme.CA
 ) -> None:
@@ -88,6 +89,7 @@ def _is_verification_failure(error: BaseException) -> bool:
     return "certificate verify failed" in text or "certificate_verify_failed" in text
 
 
+@pytest.mark.server_feature("tls")
 def test_tls_untrusted_certificate_is_refused_and_retried_at_a_bounded_rate(
     driver: Driver, tls_server: TLSServer
 ) -> None:
@@ -120,6 +122,7 @@ def test_tls_untrusted_certificate_is_refused_and_retried_at_a_bounded_rate(
     driver.run(body)
 
 
+@pytest.mark.server_feature("tls")
 def test_tls_certificate_for_another_host_is_refused(
     driver: Driver,
     redis_server_factory: RedisServerFactory,
