@@ -119,6 +119,18 @@ _SCHEMES: Final = ("redis", "rediss", "unix")
 #: URL schemes of sentinel mode, and the scheme (transport) of the data nodes they give.
 _SENTINEL_SCHEMES: Final = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
 _URL_SCHEMES: Final = (*_SCHEMES, *_SENTINEL_SCHEMES)
+#: The schemes Valkey's own clients write, read as the Redis schemes they stand for:
+#: the protocol is the same, and so is every option.
+_SCHEME_ALIASES: Final = {
+    "valkey": "redis",
+    "valkeys": "rediss",
+    "valkey+sentinel": "redis+sentinel",
+    "valkeys+sentinel": "rediss+sentinel",
+}
+_EXPECTED_SCHEMES: Final = (
+    "redis://, rediss:// or unix:// (or redis+sentinel://, rediss+sentinel://; "
+    "valkey://, valkeys://, valkey+sentinel:// and valkeys+sentinel:// are aliases)"
+)
 #: Fields that come from the URL itself, never from a keyword.
 _URL_ONLY: Final = frozenset({"scheme", "host", "port", "path"})
 #: Options a URL may carry; giving one in both places is an error.
@@ -553,7 +565,9 @@ class _URLParser:
         self.text = url.strip()
         head, self.separator, self.rest = self.text.partition("://")
         self.head = head
-        self.scheme = head.lower()
+        #: As written (for messages), and as read (an alias gives its Redis scheme).
+        self.written = head.lower()
+        self.scheme = _SCHEME_ALIASES.get(self.written, self.written)
         # If something fails and an '@' appears after the authority has ended, the
         # likely cause is an unescaped special character in the password.
         found = [i for i in map(self.rest.find, "/?#") if i >= 0]
@@ -573,16 +587,10 @@ class _URLParser:
 
     def parse(self) -> tuple[dict[str, Any], dict[str, Any]]:
         if not self.separator:
-            raise self.error(
-                "it must start with redis://, rediss:// or unix:// "
-                "(or redis+sentinel://, rediss+sentinel://)"
-            )
+            raise self.error(f"it must start with {_EXPECTED_SCHEMES}")
         if self.scheme not in _URL_SCHEMES:
             shown = f" {self.head!r}" if _PLAIN_NAME.fullmatch(self.head) else ""
-            raise self.error(
-                f"unknown scheme{shown}; expected redis://, rediss:// or unix:// "
-                "(or redis+sentinel://, rediss+sentinel://)"
-            )
+            raise self.error(f"unknown scheme{shown}; expected {_EXPECTED_SCHEMES}")
         rest, hash_mark, _ = self.rest.partition("#")
         if hash_mark:
             raise self.error("it must not contain a fragment ('#...')")
@@ -635,7 +643,7 @@ class _URLParser:
                 if not hostport:
                     raise self.error(
                         f"sentinel {position} of the list is empty; expected "
-                        f"{self.scheme}://host1[:port1],host2[:port2]/master_name"
+                        f"{self.written}://host1[:port1],host2[:port2]/master_name"
                     )
                 host, port = self.parse_address(hostport, f"sentinel {position}: ")
                 sentinels.append((host, DEFAULT_SENTINEL_PORT if port is None else port))
@@ -671,7 +679,7 @@ class _URLParser:
                 )
         if not host:
             raise self.error(
-                f"{label}the host is missing; expected {self.scheme}://host[:port][/db]"
+                f"{label}the host is missing; expected {self.written}://host[:port][/db]"
             )
         problem = _host_problem(host)
         if problem is not None:

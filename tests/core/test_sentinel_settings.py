@@ -94,7 +94,7 @@ def test_valid_sentinel_urls(url: str, expected: dict[str, object]) -> None:
         ("redis+sentinel://s1/my%20master", "'master_name' must not contain ' '"),
         ("redis+sentinel://s1/m%0A", "'master_name' must not contain '\\n'"),
         ("sentinel://s1/m", "unknown scheme 'sentinel'"),
-        ("redis-sentinel://s1/m", "(or redis+sentinel://, rediss+sentinel://)"),
+        ("redis-sentinel://s1/m", "(or redis+sentinel://, rediss+sentinel://;"),
     ],
 )
 def test_invalid_sentinel_urls(url: str, message: str) -> None:

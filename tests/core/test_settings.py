@@ -688,3 +688,35 @@ def test_module_is_pure() -> None:
             runtime.add((node.module or "").split(".")[0])
     assert "urllib" in runtime  # the walk does see the imports
     assert not runtime & {"socket", "ssl", "time", "random", "asyncio", "selectors", "hiredis"}
+
+
+# ------------------------------------------------------------------------------- Valkey
+
+
+@pytest.mark.parametrize(
+    ("alias", "same_as"),
+    [
+        ("valkey://u:p@h:7000/3?protocol=3", "redis://u:p@h:7000/3?protocol=3"),
+        ("VALKEY://h", "redis://h"),
+        ("valkeys://h:6380", "rediss://h:6380"),
+        ("valkey+sentinel://s1,s2:26380/mymaster/2", "redis+sentinel://s1,s2:26380/mymaster/2"),
+        ("valkeys+sentinel://s1/mymaster", "rediss+sentinel://s1/mymaster"),
+    ],
+)
+def test_valkey_schemes_are_aliases(alias: str, same_as: str) -> None:
+    assert from_url(alias) == from_url(same_as)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("valkey://", "the host is missing; expected valkey://host[:port][/db]"),
+        ("valkey+sentinel://s1,,s2/m", "expected valkey+sentinel://host1[:port1]"),
+        ("valkey+unix:///tmp/s", "unknown scheme 'valkey+unix'; expected redis://"),
+        ("localhost", "valkey://, valkeys://, valkey+sentinel:// and valkeys+sentinel://"),
+    ],
+)
+def test_valkey_url_errors_name_the_scheme_as_written(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match="invalid Redis URL") as refused:
+        from_url(url)
+    assert message in str(refused.value)
