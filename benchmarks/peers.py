@@ -16,8 +16,10 @@ adapter must report exactly the deliveries expected.
 Libraries: ``raw`` (the ceiling: an anyio socket on asyncio + ``hiredis.Reader``, nothing
 else), ``redismpx`` (this library: anyio on asyncio, anyio on trio, the trio driver; sync
 callbacks, iterators, async callbacks), ``redispy`` (redis-py's asyncio ``PubSub`` with
-hiredis), ``coredis``, ``broadcaster`` (its redis backend), ``original`` (redismpx 0.5.2 on
-aioredis 1.3.1, in a venv of its own built by ``_peers/original_venv.py``).
+hiredis), ``coredis``, ``broadcaster`` (its redis backend), ``glide`` (Valkey GLIDE, a Rust
+core with Python bindings: its config-time callback and ``get_pubsub_message()`` polling),
+``original`` (redismpx 0.5.2 on aioredis 1.3.1, in a venv of its own built by
+``_peers/original_venv.py``).
 
 Measures (full size; ``--quick`` in brackets):
 
@@ -93,7 +95,6 @@ def rounds_for(measure: str, rounds: int, quick: bool) -> int:
     return rounds if quick else max(rounds, MIN_ROUNDS.get(measure, 1))
 
 
-
 @dataclass(frozen=True)
 class Sizes:
     messages: int  # backlog and live
@@ -121,6 +122,7 @@ LIBRARIES = (
     Library("redispy", "redis-py asyncio", ("redis", "hiredis")),
     Library("coredis", "coredis", ("coredis",)),
     Library("broadcaster", "broadcaster (redis)", ("broadcaster", "redis")),
+    Library("glide", "Valkey GLIDE", ("valkey-glide",)),
     Library("original", "redismpx 0.5.2 (aioredis 1.3.1)", ("redismpx", "aioredis", "hiredis")),
 )
 BY_KEY = {library.key: library for library in LIBRARIES}
@@ -137,6 +139,7 @@ KIND_LABELS = {
     "iter": "iterator",
     "iterator": "iterator",
     "async": "async callback",
+    "polling": "polling get_pubsub_message()",
 }
 
 
@@ -978,6 +981,7 @@ COLOURS = {
     "redispy": "#d62728",
     "coredis": "#9467bd",
     "broadcaster": "#2ca02c",
+    "glide": "#e377c2",
     "original": "#ff7f0e",
 }
 
@@ -1152,8 +1156,8 @@ def docs_section(results: Results, goal_lines: list[str], images: list[str]) -> 
         " published (pipelined, from a thread) while it reads: messages/s;",
         f"* **fan-out**: one channel, {sizes.subscribers:,} subscribers in one process,"
         f" {sizes.fanout_messages:,} messages queued: deliveries/s and the process's peak"
-        " RSS (redis-py and coredis have no multiplexer: one `PubSub`, so one connection,"
-        " per subscriber, as their users do);",
+        " RSS (redis-py, coredis and Valkey GLIDE have no multiplexer: one connection per"
+        " subscriber, a `PubSub` or a GLIDE client, as their users do);",
         f"* **churn**: {sizes.names:,} distinct channels subscribed and confirmed, then"
         " unsubscribed and confirmed: names/s (subscribed + unsubscribed);",
         f"* **memory**: {sizes.memory_names:,} idle subscriptions of one name each: RSS"
