@@ -1,11 +1,14 @@
 """benchmarks/peers.py runs in CI in its quick form, so that no adapter can rot: every
-library (this one on its three driver rows, redis-py, coredis, broadcaster, the original
-redismpx 0.5.2 in its own venv, and the raw loop) must deliver every message it is sent.
-Speed is not asserted here: that is what the full run, and docs/benchmarks.md, are for."""
+library (this one on its three driver rows, redis-py, coredis, broadcaster, Valkey GLIDE
+with both its consumers, the original redismpx 0.5.2 in its own venv, and the raw loop)
+must deliver every message it is sent. A library that cannot be imported fails the run
+(``--quick`` exits non-zero for an unavailable library), it is not skipped. Speed is not
+asserted here: that is what the full run, and docs/benchmarks.md, are for."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LIBRARIES = ("raw", "redismpx", "redispy", "coredis", "broadcaster", "original")
+LIBRARIES = ("raw", "redismpx", "redispy", "coredis", "broadcaster", "glide", "original")
 
 
 @pytest.mark.timeout(600)  # the first run also builds the original's venv (pip)
@@ -35,4 +38,6 @@ def test_peers_quick_delivers_every_message() -> None:
     assert tuple(delivered) == LIBRARIES, output
     for driver in ("anyio/asyncio", "anyio/trio", "trio driver"):
         assert f"redismpx {driver}" in done.stdout
+    for consumer in ("sync callback", "polling get_pubsub_message()"):
+        assert re.search(rf"^Valkey GLIDE +{re.escape(consumer)} ", done.stdout, re.M), output
     assert "FAILED" not in output
