@@ -31,6 +31,12 @@ Fixtures, registered in ``tests/conftest.py``:
 * ``redis_cluster_factory`` (function): ``factory(masters=3, replicas_per_master=1,
   node_timeout=1000) -> RedisCluster``, formed and stable; every cluster it made is
   closed at teardown. Use it for clusters a test faults.
+
+Slots move two ways: the online resharding every server has (:meth:`RedisCluster.migrate_slot`,
+``CLUSTER SETSLOT ... IMPORTING/MIGRATING/NODE`` and ``MIGRATE``), and Valkey 9's atomic
+slot migration (:meth:`RedisCluster.migrate_slots_atomically`, ``CLUSTER MIGRATESLOTS``,
+watched with ``CLUSTER GETSLOTMIGRATIONS``), which only servers with the
+``atomic-slot-migration`` feature of tests/server_matrix.py have.
 """
 
 from __future__ import annotations
@@ -61,7 +67,10 @@ from redis_servers import (
 )
 
 __all__ = [
+    "ATOMIC_MIGRATION_ENDS",
     "CLUSTER_SLOTS",
+    "AtomicMigration",
+    "AtomicMigrationError",
     "Migration",
     "RedisCluster",
     "RedisClusterError",
@@ -86,6 +95,10 @@ _BAD_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
 
 class RedisClusterError(RedisServerError):
     """The cluster could not be formed, or did not reach the awaited state in time."""
+
+
+class AtomicMigrationError(RedisClusterError):
+    """An atomic slot migration ended in another state than ``success``."""
 
 
 # --------------------------------------------------------------------------- parsing
@@ -224,6 +237,24 @@ class Migration:
     """A slot migration in progress (see :meth:`RedisCluster.begin_migration`)."""
 
     slot: int
+    source: RedisServer
+    destination: RedisServer
+
+
+#: ``CLUSTER GETSLOTMIGRATIONS`` states after which a job does nothing more (Valkey 9.1:
+#: a source's job cancelled with ``CLUSTER CANCELSLOTMIGRATIONS`` ends ``cancelled``, and
+#: its destination's ``failed``).
+ATOMIC_MIGRATION_ENDS = frozenset({"success", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class AtomicMigration:
+    """An atomic slot migration job (see :meth:`RedisCluster.begin_atomic_migration`)."""
+
+    #: The job's name in ``CLUSTER GETSLOTMIGRATIONS`` (40 hex characters).
+    name: str
+    first_slot: int
+    last_slot: int
     source: RedisServer
     destination: RedisServer
 
@@ -681,6 +712,122 @@ class RedisCluster:
         documents online resharding; returns the former owner."""
         migration = self.begin_migration(slot, destination)
         self.finish_migration(migration, timeout)
+        return migration.source
+
+    # -- atomic slot migration (Valkey 9) ----------------------------------
+
+    def slot_migrations(self, server: RedisServer) -> list[dict[str, Any]]:
+        """``CLUSTER GETSLOTMIGRATIONS`` on ``server``: one dict per job it knows (the
+        running ones and the last finished ones), with ``str`` keys, text values decoded
+        and numbers as they come (``name``, ``operation`` EXPORT or IMPORT,
+        ``slot_ranges``, ``source_node``, ``target_node``, ``state``, ``message``, ...)."""
+        jobs: list[dict[str, Any]] = []
+        for entry in server.command("CLUSTER", "GETSLOTMIGRATIONS"):  # RESP2: flat lists
+            pairs = zip(entry[::2], entry[1::2], strict=True)
+            jobs.append(
+                {
+                    key.decode(): value.decode() if isinstance(value, bytes) else value
+                    for key, value in pairs
+                }
+            )
+        return jobs
+
+    def begin_atomic_migration(
+        self, first_slot: int, last_slot: int, destination: RedisServer
+    ) -> AtomicMigration:
+        """``CLUSTER MIGRATESLOTS SLOTSRANGE first last NODE <destination>`` on the
+        slots' owner: the source then moves the slots (and their keys) on its own, and
+        hands them over in one step at the end. Returns at once; the job runs on."""
+        source = self.owner_of_slot(first_slot)
+        if self.owner_of_slot(last_slot) is not source:
+            raise RedisClusterError(f"slots {first_slot}-{last_slot} have more than one owner")
+        if source is destination:
+            raise RedisClusterError(f"slot {first_slot} is already served by {destination!r}")
+        known = {job["name"] for job in self.slot_migrations(source)}
+        source.command(
+            "CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", first_slot, last_slot,
+            "NODE", self.node_id(destination),
+        )  # fmt: skip
+        new = [
+            job["name"]
+            for job in self.slot_migrations(source)
+            if job["name"] not in known and job["operation"] == "EXPORT"
+        ]
+        if len(new) != 1:
+            raise RedisClusterError(f"{source!r} lists {len(new)} new export jobs, not one")
+        return AtomicMigration(new[0], first_slot, last_slot, source, destination)
+
+    def atomic_migration_state(self, migration: AtomicMigration) -> str:
+        """The job's state as its source reports it (``snapshotting``, ``success``, ...)."""
+        for job in self.slot_migrations(migration.source):
+            if job["name"] == migration.name:
+                return str(job["state"])
+        raise RedisClusterError(f"{migration.source!r} no longer lists job {migration.name}")
+
+    def _wait_ended(self, migration: AtomicMigration, timeout: float) -> str:
+        def ended() -> str | None:
+            state = self.atomic_migration_state(migration)
+            return state if state in ATOMIC_MIGRATION_ENDS else None
+
+        return _wait_for(f"atomic migration {migration.name} to end", ended, timeout)
+
+    def finish_atomic_migration(
+        self, migration: AtomicMigration, timeout: float = _STABLE_TIMEOUT
+    ) -> None:
+        """Wait until the job has ended on its source (AtomicMigrationError if not in
+        ``success``), then :meth:`wait_stable` (every node agrees on the new owner)."""
+        deadline = time.monotonic() + timeout
+        state = self._wait_ended(migration, timeout)
+        if state != "success":
+            message = next(
+                (j.get("message") for j in self.slot_migrations(migration.source)
+                 if j["name"] == migration.name),
+                "",
+            )  # fmt: skip
+            raise AtomicMigrationError(f"atomic migration {migration.name}: {state} {message!r}")
+        self.wait_stable(max(deadline - time.monotonic(), 0.1))
+
+    def cancel_atomic_migration(
+        self, migration: AtomicMigration, timeout: float = _STABLE_TIMEOUT
+    ) -> str:
+        """``CLUSTER CANCELSLOTMIGRATIONS`` on the job's source (it cancels every job
+        the source exports); waits until the job has ended and the cluster is stable,
+        and returns the state it ended in (``cancelled``, or ``success`` if the hand-over
+        came first)."""
+        deadline = time.monotonic() + timeout
+        migration.source.command("CLUSTER", "CANCELSLOTMIGRATIONS")
+        state = self._wait_ended(migration, timeout)
+        self.wait_stable(max(deadline - time.monotonic(), 0.1))
+        return state
+
+    def settle_atomic_migrations(self, timeout: float = _STABLE_TIMEOUT) -> None:
+        """Wait until no reachable master runs an atomic migration job (one left
+        running by a failed test would still move its slots), then :meth:`wait_stable`."""
+        deadline = time.monotonic() + timeout
+
+        def settled() -> bool | None:
+            for master in self.masters():
+                if any(
+                    j["state"] not in ATOMIC_MIGRATION_ENDS for j in self.slot_migrations(master)
+                ):
+                    return None
+            return True
+
+        _wait_for("the atomic migrations to end", settled, timeout)
+        self.wait_stable(max(deadline - time.monotonic(), 0.1))
+
+    def migrate_slots_atomically(
+        self,
+        first_slot: int,
+        last_slot: int,
+        destination: RedisServer,
+        timeout: float = _STABLE_TIMEOUT,
+    ) -> RedisServer:
+        """Move a range of slots (and their keys) to the master ``destination`` with
+        Valkey's atomic slot migration, and wait until the cluster is stable; returns
+        the former owner."""
+        migration = self.begin_atomic_migration(first_slot, last_slot, destination)
+        self.finish_atomic_migration(migration, timeout)
         return migration.source
 
     # -- faults ------------------------------------------------------------
