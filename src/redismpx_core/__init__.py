@@ -39,7 +39,7 @@ from ._events import (
 )
 from ._handles import PromiseHandle, SubscriptionHandle, SubscriptionKind
 from ._lifecycle import ConnectionState
-from ._sentinel import SentinelQuery
+from ._sentinel import FailoverWatch, MasterSwitched, MasterTarget, SentinelQuery
 from ._settings import OverflowPolicy, Settings
 from ._slots import key_slot
 from ._statistics import Statistics
@@ -59,8 +59,11 @@ __all__ = (
     # configuration
     "Settings",
     "OverflowPolicy",
-    # sentinel discovery
+    # sentinel discovery, and failovers as they happen
     "SentinelQuery",
+    "FailoverWatch",
+    "MasterSwitched",
+    "MasterTarget",
     # handles
     "SubscriptionHandle",
     "SubscriptionKind",

@@ -17,24 +17,51 @@ in the order the settings list them, until one gives an address::
 asks the next sentinel. An answer is only a sentinel's opinion, and it may lag a
 failover: the core's handshake checks the node's ROLE (``require_master``) before
 the connection counts as up.
+
+Once connected, a driver may also hear failovers as they happen, instead of when
+the old master drops its clients: sentinels announce each switch of a master's
+address on their own Pub/Sub, ``+switch-master <name> <old host> <old port> <new
+host> <new port>``. A :class:`FailoverWatch` reads those announcements (the one
+channel to subscribe to, on a connection to any sentinel, and what each message
+means for one master name), and a :class:`MasterTarget` per data connection
+decides whether an announcement moves that connection::
+
+    watch = FailoverWatch(settings.master_name)
+    # on the sentinel connection: SUBSCRIBE watch.channel (a MultiplexerCore does it)
+    switch = watch.announcement(payload)      # None: another master's
+    if switch is not None and target.switched(switch):
+        ...                                   # drop that connection, reconnect at once
+    address = target.next_address()           # before each attempt: the announced
+                                              # address, once; None: ask the sentinels
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Final
 
 from ._errors import MasterNotFound, ProtocolError, RedisMPXError
 from ._replies import server_error
 from ._resp import NOT_ENOUGH_DATA, FrameReader, ParseError, ReplyError, pack_command
-from ._settings import _host_problem
+from ._settings import CoreOptions, Settings, _check_master_name, _host_problem
 
-__all__ = ("SentinelQuery",)
+__all__ = (
+    "SWITCH_MASTER",
+    "FailoverWatch",
+    "MasterSwitched",
+    "MasterTarget",
+    "SentinelQuery",
+    "watch_core_options",
+)
 
 logger = logging.getLogger("redismpx")
 
 #: An answer is two short strings: anything near this size is not one.
 MAX_ANSWER_SIZE: Final = 64 * 1024
+
+#: The channel on which a sentinel announces that it moved a master to a new address.
+SWITCH_MASTER: Final = b"+switch-master"
 
 _MAX_PORT: Final = 65535
 _AUTH: Final = "auth"
@@ -141,13 +168,138 @@ def _parse_address(reply: Any) -> tuple[str, int]:
     raw_host, raw_port = reply
     if not isinstance(raw_host, bytes) or not isinstance(raw_port, bytes):
         raise ProtocolError("the sentinel's answer is not a [host, port] pair of strings")
+    return _checked_address(raw_host, raw_port, "gave")
+
+
+def _checked_address(raw_host: bytes, raw_port: bytes, verb: str) -> tuple[str, int]:
+    """A host and a port a sentinel ``verb`` (gave, announced), checked alike wherever
+    they come from: an ASCII host name or IP address, a port from 1 to 65535."""
     try:
         host = raw_host.decode("ascii")
     except UnicodeDecodeError:
-        raise ProtocolError("the sentinel gave a host that is not ASCII") from None
+        raise ProtocolError(f"the sentinel {verb} a host that is not ASCII") from None
     problem = _host_problem(host)
     if problem is not None:
-        raise ProtocolError(f"the sentinel gave a bad host: {problem}")
+        raise ProtocolError(f"the sentinel {verb} a bad host: {problem}")
     if not raw_port.isdigit() or len(raw_port) > 5 or not 1 <= int(raw_port) <= _MAX_PORT:
-        raise ProtocolError(f"the sentinel gave a port that is not from 1 to {_MAX_PORT}")
+        raise ProtocolError(f"the sentinel {verb} a port that is not from 1 to {_MAX_PORT}")
     return host, int(raw_port)
+
+
+# ------------------------------------------------------------------ failovers as they happen
+
+
+@dataclass(frozen=True, slots=True)
+class MasterSwitched:
+    """A sentinel's announcement: it now knows master ``master_name`` at ``new``, where
+    it knew it at ``old`` (each a checked ``(host, port)``)."""
+
+    master_name: str
+    old: tuple[str, int]
+    new: tuple[str, int]
+
+
+class FailoverWatch:
+    """What a sentinel's ``+switch-master`` announcements mean for one master name.
+
+    Subscribe to :attr:`channel` on a connection to a sentinel (any sentinel that
+    monitors the master: each announces the switches it learns of), and hand each
+    message's payload to :meth:`announcement`.
+    """
+
+    __slots__ = ("_prefix", "master_name")
+
+    #: The channel to subscribe to on the sentinel.
+    channel: Final = SWITCH_MASTER
+
+    def __init__(self, master_name: str) -> None:
+        self.master_name = _check_master_name(master_name)
+        # A name has no whitespace (the settings check it, as here): every announcement
+        # for it starts with the name and one space, and nothing else does.
+        self._prefix = master_name.encode("utf-8") + b" "
+
+    def __repr__(self) -> str:
+        return f"<FailoverWatch {self.master_name!r}>"
+
+    def announcement(self, payload: bytes) -> MasterSwitched | None:
+        """The switch ``payload`` (a message on :attr:`channel`) announces for this
+        master; ``None`` when it is about another master.
+
+        Raises :class:`ProtocolError` for an announcement about this master that is not
+        ``<name> <old host> <old port> <new host> <new port>`` with hosts and ports
+        checked as :class:`SentinelQuery` checks an answer (a host name or IP address,
+        a port from 1 to 65535): a sentinel that sends that is not to be followed.
+        """
+        if not isinstance(payload, bytes | bytearray):
+            raise TypeError(f"a payload is bytes, not {type(payload).__name__}")
+        if not payload.startswith(self._prefix):
+            return None
+        fields = bytes(payload).split(b" ")
+        if len(fields) != 5:
+            raise ProtocolError(
+                f"the sentinel announced a switch of master {self.master_name!r} that is "
+                "not '<name> <old host> <old port> <new host> <new port>'"
+            )
+        _, old_host, old_port, new_host, new_port = fields
+        return MasterSwitched(
+            self.master_name,
+            _checked_address(old_host, old_port, "announced"),
+            _checked_address(new_host, new_port, "announced"),
+        )
+
+
+class MasterTarget:
+    """Where one data connection in sentinel mode goes: the decision half of following
+    announced failovers, for one connection (a multiplexer has one per connection it
+    keeps to the master).
+
+    Before each attempt the driver asks :meth:`next_address`: the address a sentinel
+    announced since, once, or ``None`` (ask the sentinels, as always). It reports the
+    address it connected to (:meth:`connected`) and every loss (:meth:`lost`).
+    :meth:`switched` tells whether an announcement moves this connection.
+    """
+
+    __slots__ = ("_announced", "address")
+
+    def __init__(self) -> None:
+        #: The address of the connection made, from the moment it is made until it is lost.
+        self.address: tuple[str, int] | None = None
+        self._announced: tuple[str, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"<MasterTarget at {self.address} next {self._announced}>"
+
+    def switched(self, switch: MasterSwitched) -> bool:
+        """A sentinel announced ``switch``. True: the connection must end now (with a
+        loss its subscriptions are told of) and the next attempt start at once, at
+        ``switch.new``. False: the connection is there already."""
+        if switch.new == self.address:
+            self._announced = None
+            return False
+        self._announced = switch.new
+        return True
+
+    def next_address(self) -> tuple[str, int] | None:
+        """Where the next attempt goes: the announced address, given once (if it
+        fails, the attempt after it asks the sentinels), else ``None``."""
+        address, self._announced = self._announced, None
+        return address
+
+    def connected(self, address: tuple[str, int]) -> None:
+        self.address = address
+
+    def lost(self) -> None:
+        self.address = None
+
+
+def watch_core_options(settings: Settings) -> CoreOptions:
+    """The core options of a connection to a sentinel that hears announcements: RESP2,
+    the sentinel credentials, no database, no ROLE check; the timers, backoff and
+    client name of the data connections."""
+    options = settings.core_options()
+    options.pop("require_master", None)
+    options["protocol"] = 2
+    options["username"] = settings.sentinel_username
+    options["password"] = settings.sentinel_password
+    options["db"] = 0
+    return options
