@@ -24,6 +24,7 @@ these lines from every row of the matrix).
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
 import tempfile
@@ -37,12 +38,28 @@ import pytest
 from redis_servers import RedisServer, RedisServerError, binary_version, free_port
 
 __all__ = (
+    "ENV_SEARCH_SCALE",
     "FEATURES",
     "Feature",
     "ServerBuild",
+    "examples",
     "server_build",
     "server_has",
 )
+
+#: Set by scripts/test on the rows that rerun the core under another Python: the
+#: longest property searches (the state machines) take this fraction of their examples.
+ENV_SEARCH_SCALE = "REDISMPX_SEARCH_SCALE"
+
+
+def examples(full: int) -> int:
+    """How many examples a long property search takes on this run: ``full`` on the main
+    row; a fraction on the other Pythons' rows, which check that the interpreter runs
+    the same code the same way, not how deep a search goes (the main row does that)."""
+    scale = float(os.environ.get(ENV_SEARCH_SCALE, "1") or "1")
+    if not 0 < scale <= 1:
+        raise ValueError(f"${ENV_SEARCH_SCALE} must be in (0, 1], not {scale}")
+    return max(10, round(full * scale))
 
 
 @dataclass(frozen=True, slots=True)

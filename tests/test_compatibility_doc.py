@@ -45,6 +45,7 @@ def test_the_pages_rows_are_the_scripts_rows() -> None:
         assert f"start_row {row} " in SCRIPT, row
     assert "--ignore=tests/drivers/test_sentinel.py" in SCRIPT
     assert "--ignore=tests/drivers/test_sentinel.py" in PAGE
+    project = (ROOT / "pyproject.toml").read_text()
     for minor in ("3.11", "3.12", "3.13"):
         assert f"| {minor} |" in PAGE
-        assert f'"Programming Language :: Python :: {minor}"' in (ROOT / "pyproject.toml").read_text()
+        assert f'"Programming Language :: Python :: {minor}"' in project

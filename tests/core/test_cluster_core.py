@@ -48,6 +48,7 @@ from redismpx_core import (
 from redismpx_core._cluster import ClusterCore, ConnectionKey
 from redismpx_core._slots import key_slot
 from redismpx_core._topology import Node
+from server_matrix import examples
 from work_counted import calls_made
 
 NODES = [Node("10.0.0.1", 7001), Node("10.0.0.2", 7002), Node("10.0.0.3", 7003)]
@@ -361,7 +362,7 @@ class ClusterMachine(RuleBasedStateMachine):
 
 TestClusterRouting = ClusterMachine.TestCase
 TestClusterRouting.settings = settings(
-    max_examples=int(os.environ.get("CLUSTER_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("CLUSTER_EXAMPLES", "0")) or examples(150),
     stateful_step_count=30,
     deadline=None,
 )

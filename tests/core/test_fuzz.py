@@ -39,6 +39,7 @@ from redismpx_core import (
     SubscriptionHandle,
     SubscriptionKind,
 )
+from server_matrix import examples
 
 EVENT_TYPES = (
     ConnectionEstablished,
@@ -54,7 +55,7 @@ EVENT_TYPES = (
 )
 
 FUZZ = settings(
-    max_examples=300,
+    max_examples=examples(300),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -81,6 +81,7 @@ from redismpx_core import (
     SubscriptionKind,
 )
 from redismpx_core._names import escape_glob
+from server_matrix import examples
 
 CHANNEL = SubscriptionKind.CHANNEL
 SHARD = SubscriptionKind.SHARD
@@ -1073,7 +1074,7 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 SETTINGS = settings(
-    max_examples=300,
+    max_examples=examples(300),
     stateful_step_count=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -101,6 +101,7 @@ from redismpx_core import (
     key_slot,
 )
 from redismpx_frontend import ClusterMultiplexer, Multiplexer
+from server_matrix import examples as scaled
 from work_counted import calls_made
 
 # ---------------------------------------------------------------------------- names
@@ -1314,7 +1315,7 @@ def _settings(ci_examples: int) -> settings:
     # shrinking it can take minutes, so it is asked for (or comes with a long search).
     shrink = bool(examples or os.environ.get("REDISMPX_HARNESS_SHRINK"))
     return settings(
-        max_examples=examples or ci_examples,
+        max_examples=examples or scaled(ci_examples),
         stateful_step_count=steps or 40,
         # CI: the same examples every run, and no example database between runs.
         derandomize=not examples,
