@@ -6,13 +6,19 @@ processes (the replica with ``--replicaof``) and the sentinels as
 written to a private directory), all on free loopback ports, and returns once
 every sentinel knows the master, the replica and the other sentinels, so that
 both a forced failover (:meth:`RedisSentinel.failover`) and an automatic one after
-the master dies (:meth:`RedisSentinel.kill_master`) can proceed.
+the master dies (:meth:`RedisSentinel.kill_master`) can proceed. ``other_masters``
+names more masters for the same sentinels to monitor, each with a master and a
+replica of its own (a failover of one of them is announced to everyone listening).
 
 The sentinels run with their periods shortened through ``SENTINEL DEBUG`` (Redis
 7): they discover each other, notice a dead master and reconfigure a demoted one
 in a fraction of a second instead of several, which keeps a failover test to a
 second or two. The failure detection itself is as configured:
-``down-after-milliseconds 1000``.
+``down-after-milliseconds 1000``. With ``timers="default"`` (the failover
+benchmark), the sentinels keep every timer and period at its default instead.
+
+The same set-up runs on Redis 7 and on Valkey (``valkey-server <conf> --sentinel``),
+which accepts the same configuration and ``SENTINEL DEBUG`` periods.
 
 The pytest fixture ``redis_sentinel_factory`` (function scope) is registered in
 ``tests/conftest.py``; a test module that does not fault the set-up can share one
@@ -25,9 +31,9 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import hiredis
 import pytest
@@ -36,6 +42,7 @@ from redis_servers import HOST, RedisServer, RedisServerError
 
 __all__ = [
     "MASTER_NAME",
+    "Timers",
     "RedisSentinel",
     "RedisSentinelFactory",
     "SentinelServer",
@@ -44,7 +51,13 @@ __all__ = [
 
 MASTER_NAME = "mymaster"
 
+#: "fast": the test timers (below); "default": Sentinel's own, as a deployment has them.
+Timers = Literal["fast", "default"]
+
 _READY_TIMEOUT = 15.0
+#: With default timers a sentinel polls INFO every 10 s: it may take that long to see
+#: a replica in sync.
+_READY_TIMEOUT_DEFAULT_TIMERS = 60.0
 _FAILOVER_TIMEOUT = 20.0
 _POLL = 0.02
 
@@ -93,12 +106,15 @@ def _pairs(flat: list[bytes]) -> dict[str, str]:
 
 
 class SentinelServer(RedisServer):
-    """One ``redis-server <conf> --sentinel`` process monitoring ``MASTER_NAME``.
+    """One ``redis-server <conf> --sentinel`` process monitoring ``MASTER_NAME`` (at
+    ``master_port``) and the ``other_masters`` (name -> port).
 
     ``password`` is the sentinel's own ``requirepass`` (and the admin connection's
     credential, as for :class:`RedisServer`); ``master_password`` is what it uses to
     reach the data nodes (``sentinel auth-pass``); ``extra_conf`` lines are appended to
-    the config (TLS settings, say). The config file is written on the
+    the config (TLS settings, say). ``timers="default"`` leaves every Sentinel timer
+    (``down-after-milliseconds``, ``failover-timeout``, ``parallel-syncs``, the
+    ``SENTINEL DEBUG`` periods) at its default. The config file is written on the
     first start; a restart on the same port keeps the one the sentinel has rewritten
     with what it learnt (the current master, replicas, other sentinels).
     """
@@ -112,11 +128,15 @@ class SentinelServer(RedisServer):
         password: str | None = None,
         master_password: str | None = None,
         extra_conf: Sequence[str] = (),
+        other_masters: Mapping[str, int] | None = None,
+        timers: Timers = "fast",
     ) -> None:
         super().__init__(binary, work_dir=work_dir, password=password)
         self.master_port = master_port
         self.master_password = master_password
         self.extra_conf = tuple(extra_conf)
+        self.masters = {MASTER_NAME: master_port, **(other_masters or {})}
+        self.timers = timers
         self.conf_path = self.work_dir / "sentinel.conf"
         self._conf_port: int | None = None
 
@@ -132,13 +152,17 @@ class SentinelServer(RedisServer):
                 "daemonize no",
                 'logfile ""',
                 "sentinel resolve-hostnames no",
-                f"sentinel monitor {MASTER_NAME} {HOST} {self.master_port} 2",
-                f"sentinel down-after-milliseconds {MASTER_NAME} 1000",
-                f"sentinel failover-timeout {MASTER_NAME} 3000",
-                f"sentinel parallel-syncs {MASTER_NAME} 1",
             ]
-            if self.master_password is not None:
-                lines.append(f"sentinel auth-pass {MASTER_NAME} {self.master_password}")
+            for name, master_port in self.masters.items():
+                lines.append(f"sentinel monitor {name} {HOST} {master_port} 2")
+                if self.timers == "fast":
+                    lines += [
+                        f"sentinel down-after-milliseconds {name} 1000",
+                        f"sentinel failover-timeout {name} 3000",
+                        f"sentinel parallel-syncs {name} 1",
+                    ]
+                if self.master_password is not None:
+                    lines.append(f"sentinel auth-pass {name} {self.master_password}")
             if self.password is not None:
                 # Clients and the other sentinels alike must authenticate.
                 lines += [f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}"]
@@ -149,21 +173,22 @@ class SentinelServer(RedisServer):
 
     def start(self, timeout: float = 10.0) -> SentinelServer:
         super().start(timeout)
-        # Not kept in the config: applied again after every (re)start.
-        self.command("SENTINEL", "DEBUG", *_SENTINEL_DEBUG)
+        if self.timers == "fast":
+            # Not kept in the config: applied again after every (re)start.
+            self.command("SENTINEL", "DEBUG", *_SENTINEL_DEBUG)
         return self
 
-    def master_address(self) -> tuple[str, int] | None:
+    def master_address(self, name: str = MASTER_NAME) -> tuple[str, int] | None:
         """What this sentinel answers to GET-MASTER-ADDR-BY-NAME."""
-        reply = self.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+        reply = self.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)
         return None if reply is None else (reply[0].decode(), int(reply[1]))
 
-    def knows_setup(self, replica_port: int, sentinels: int) -> bool:
+    def knows_setup(self, replica_port: int, sentinels: int, name: str = MASTER_NAME) -> bool:
         """True once it sees the master up, the replica up, and ``sentinels - 1`` others."""
-        master = _pairs(self.command("SENTINEL", "MASTER", MASTER_NAME))
+        master = _pairs(self.command("SENTINEL", "MASTER", name))
         if master.get("flags") != "master":
             return False
-        replicas = [_pairs(r) for r in self.command("SENTINEL", "REPLICAS", MASTER_NAME)]
+        replicas = [_pairs(r) for r in self.command("SENTINEL", "REPLICAS", name)]
         if not any(
             r.get("port") == str(replica_port)
             and r.get("flags") == "slave"
@@ -171,15 +196,17 @@ class SentinelServer(RedisServer):
             for r in replicas
         ):
             return False
-        return len(self.command("SENTINEL", "SENTINELS", MASTER_NAME)) == sentinels - 1
+        return len(self.command("SENTINEL", "SENTINELS", name)) == sentinels - 1
 
 
 class RedisSentinel:
-    """One master, one replica and ``sentinels`` sentinels, on loopback.
+    """One master, one replica and ``sentinels`` sentinels, on loopback (and a master
+    and a replica more for each of ``other_masters``).
 
     ``password`` protects the data nodes (``requirepass``, and ``masterauth`` for
-    replication); ``sentinel_password`` protects the sentinels. :meth:`start` returns
-    once the set-up is complete (see :meth:`wait_ready`).
+    replication); ``sentinel_password`` protects the sentinels. ``timers`` are the
+    sentinels' (see :class:`SentinelServer`). :meth:`start` returns once the set-up
+    is complete (see :meth:`wait_ready`).
     """
 
     def __init__(
@@ -190,6 +217,8 @@ class RedisSentinel:
         password: str | None = None,
         sentinel_password: str | None = None,
         sentinels: int = 3,
+        other_masters: Sequence[str] = (),
+        timers: Timers = "fast",
     ) -> None:
         self.binary = binary
         self._owns_dir = work_dir is None
@@ -197,7 +226,11 @@ class RedisSentinel:
         self.password = password
         self.sentinel_password = sentinel_password
         self.sentinel_count = sentinels
+        self.other_masters = tuple(other_masters)
+        self.timers: Timers = timers
         self.nodes: list[RedisServer] = []
+        #: The data nodes of each master name, the master at the start first.
+        self.groups: dict[str, list[RedisServer]] = {}
         self.sentinels: list[SentinelServer] = []
 
     # -- set-up ------------------------------------------------------------
@@ -217,39 +250,80 @@ class RedisSentinel:
 
     def start(self) -> RedisSentinel:
         try:
-            master = self._data_node("node-a")
-            replica = self._data_node("node-b", "--replicaof", HOST, str(master.port))
+            for index, name in enumerate((MASTER_NAME, *self.other_masters)):
+                tag = "" if index == 0 else f"-{index}"
+                master = self._data_node(f"node-a{tag}")
+                replica = self._data_node(f"node-b{tag}", "--replicaof", HOST, str(master.port))
+                self.groups[name] = [master, replica]
             for i in range(self.sentinel_count):
                 sentinel = SentinelServer(
                     self.binary,
-                    master_port=master.port,
+                    master_port=self.groups[MASTER_NAME][0].port,
+                    other_masters={n: self.groups[n][0].port for n in self.other_masters},
                     work_dir=self.work_dir / f"sentinel-{i}",
                     password=self.sentinel_password,
                     master_password=self.password,
+                    timers=self.timers,
                 )
                 self.sentinels.append(sentinel)
                 sentinel.start()
-            self.wait_ready(replica)
+            for name, (_, replica) in self.groups.items():
+                self.wait_ready(replica, name=name)
         except BaseException:
             self.close()
             raise
         return self
 
-    def wait_ready(self, replica: RedisServer, timeout: float = _READY_TIMEOUT) -> None:
-        """Until the replica is in sync and every sentinel knows the whole set-up: a
-        failover needs a replica the sentinels consider good, and an automatic one
-        needs sentinels that know each other (quorum, leader election)."""
+    @property
+    def _ready_timeout(self) -> float:
+        return _READY_TIMEOUT if self.timers == "fast" else _READY_TIMEOUT_DEFAULT_TIMERS
+
+    def wait_ready(
+        self, replica: RedisServer, timeout: float | None = None, *, name: str = MASTER_NAME
+    ) -> None:
+        """Until the replica is in sync and every running sentinel knows the whole
+        set-up: a failover needs a replica the sentinels consider good, and an automatic
+        one needs sentinels that know each other (quorum, leader election)."""
+        timeout = self._ready_timeout if timeout is None else timeout
         _wait(
             lambda: replica.info("replication").get("master_link_status") == "up",
             timeout,
-            "the replica is in sync",
+            f"the replica of {name} is in sync",
         )
         for sentinel in self.sentinels:
+            if not sentinel.running:
+                continue
             _wait(
-                lambda s=sentinel: s.knows_setup(replica.port, self.sentinel_count),
+                lambda s=sentinel: s.knows_setup(replica.port, self.sentinel_count, name),
                 timeout,
-                f"{sentinel!r} knows the master, the replica and the other sentinels",
+                f"{sentinel!r} knows {name}'s master, its replica and the other sentinels",
             )
+
+    def settle(self, name: str = MASTER_NAME, timeout: float | None = None) -> None:
+        """After a failover: until the old master is demoted, replicates the new one,
+        and every running sentinel knows it so, ready for the next failover."""
+        timeout = self._ready_timeout if timeout is None else timeout
+
+        def agreed() -> bool:
+            with contextlib.suppress(RedisServerError):
+                self.master(name)
+                return True
+            return False
+
+        _wait(agreed, timeout, f"the sentinels agree on the master of {name}")
+        master = self.master(name)
+        for node in self.groups[name]:
+            if node is master or not node.running:
+                continue
+            _wait(
+                lambda n=node: (
+                    n.command("ROLE")[0] == b"slave"
+                    and int(n.info("replication").get("master_port", 0)) == master.port
+                ),
+                timeout,
+                f"{node!r} replicates the master of {name}",
+            )
+            self.wait_ready(node, timeout, name=name)
 
     # -- addresses ---------------------------------------------------------
 
@@ -269,9 +343,9 @@ class RedisSentinel:
                 return node
         raise RedisServerError(f"no data node at {address}")
 
-    def master(self) -> RedisServer:
+    def master(self, name: str = MASTER_NAME) -> RedisServer:
         """The data node the running sentinels agree is the master, if it says so too."""
-        answers = {s.master_address() for s in self.sentinels if s.running}
+        answers = {s.master_address(name) for s in self.sentinels if s.running}
         if len(answers) != 1 or None in answers:
             raise RedisServerError(f"the sentinels disagree on the master: {answers}")
         (address,) = answers
@@ -281,36 +355,52 @@ class RedisSentinel:
             raise RedisServerError(f"{node!r} is named master but is not one (yet)")
         return node
 
-    def replica(self) -> RedisServer:
+    def replica(self, name: str = MASTER_NAME) -> RedisServer:
         """A running data node that is not the master."""
-        master = self.master()
-        return next(n for n in self.nodes if n is not master and n.running)
+        master = self.master(name)
+        return next(n for n in self.groups[name] if n is not master and n.running)
 
     # -- faults ------------------------------------------------------------
 
-    def _wait_new_master(self, old: RedisServer, timeout: float) -> RedisServer:
+    def _wait_new_master(
+        self, old: RedisServer, timeout: float, name: str = MASTER_NAME
+    ) -> RedisServer:
         def promoted() -> bool:
             with contextlib.suppress(RedisServerError):
-                return self.master() is not old
+                return self.master(name) is not old
             return False
 
-        _wait(promoted, timeout, "every sentinel names a new master that says it is one")
-        return self.master()
+        _wait(promoted, timeout, f"every sentinel names a new master of {name} that says it is one")
+        return self.master(name)
 
-    def failover(self, timeout: float = _FAILOVER_TIMEOUT) -> RedisServer:
+    def start_failover(
+        self,
+        name: str = MASTER_NAME,
+        via: SentinelServer | None = None,
+        timeout: float = _FAILOVER_TIMEOUT,
+    ) -> float:
+        """``SENTINEL FAILOVER`` to ``via`` (by default the first running sentinel),
+        without waiting for it; returns the ``time.monotonic()`` at which the accepted
+        command was sent. Refused with NOGOODSLAVE while the sentinel has not yet seen
+        the replica in a good state (fresh set-ups wait for that, but INFO is sampled):
+        it is sent again until accepted."""
+        sentinel = via or next(s for s in self.sentinels if s.running)
+        sent = [0.0]
+
+        def accepted() -> bool:
+            sent[0] = time.monotonic()
+            return sentinel.command("SENTINEL", "FAILOVER", name, check=False) == b"OK"
+
+        _wait(accepted, timeout, f"SENTINEL FAILOVER {name} is accepted")
+        return sent[0]
+
+    def failover(self, name: str = MASTER_NAME, timeout: float = _FAILOVER_TIMEOUT) -> RedisServer:
         """``SENTINEL FAILOVER``: returns the new master once every sentinel names it and
         it reports role master. The old master is demoted by the sentinels soon after
         (which closes its clients' connections); this does not wait for that."""
-        old = self.master()
-        sentinel = next(s for s in self.sentinels if s.running)
-        # Refused with NOGOODSLAVE while the sentinel has not yet seen the replica in
-        # a good state (fresh set-ups wait for that, but INFO is sampled): retry.
-        _wait(
-            lambda: sentinel.command("SENTINEL", "FAILOVER", MASTER_NAME, check=False) == b"OK",
-            timeout,
-            "SENTINEL FAILOVER is accepted",
-        )
-        return self._wait_new_master(old, timeout)
+        old = self.master(name)
+        self.start_failover(name, timeout=timeout)
+        return self._wait_new_master(old, timeout, name)
 
     def kill_master(self, timeout: float = _FAILOVER_TIMEOUT) -> RedisServer:
         """SIGKILL the master; returns the replica the sentinels promote in its place."""
@@ -343,7 +433,11 @@ class RedisSentinelFactory(Protocol):
     fixture closes every set-up it made at teardown."""
 
     def __call__(
-        self, *, password: str | None = None, sentinel_password: str | None = None
+        self,
+        *,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        other_masters: Sequence[str] = (),
     ) -> RedisSentinel: ...
 
 
@@ -354,13 +448,17 @@ def redis_sentinel_factory(
     setups: list[RedisSentinel] = []
 
     def factory(
-        *, password: str | None = None, sentinel_password: str | None = None
+        *,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        other_masters: Sequence[str] = (),
     ) -> RedisSentinel:
         setup = RedisSentinel(
             redis_binary,
             tmp_path_factory.mktemp("sentinel"),
             password=password,
             sentinel_password=sentinel_password,
+            other_masters=other_masters,
         )
         setups.append(setup)
         return setup.start()
