@@ -5,7 +5,10 @@ The backend opens sockets; this module decides which, and bounds how long it may
 take. In sentinel mode the sentinels are asked in the order the settings list
 them, each with a :class:`~redismpx_core.SentinelQuery` (the sans-I/O question and
 its answer's parsing), and the first address given wins; the core then checks the
-node's ROLE in its handshake, since a sentinel's answer may lag a failover.
+node's ROLE in its handshake, since a sentinel's answer may lag a failover. A
+connection that follows announced failovers has a
+:class:`~redismpx_core.MasterTarget`: an address a sentinel just announced is
+connected to at once, without asking (``_sentinel.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import math
 import ssl
 from collections.abc import Awaitable
 
-from redismpx_core import ConnectionLost, RedisMPXError, SentinelQuery, Settings
+from redismpx_core import ConnectionLost, MasterTarget, RedisMPXError, SentinelQuery, Settings
 
 from ._backend import Address, Backend, Stream
 
-__all__ = ("CLOSE_TIMEOUT", "close_stream", "format_address", "open_stream")
+__all__ = ("CLOSE_TIMEOUT", "close_stream", "format_address", "open_stream", "within")
 
 logger = logging.getLogger("redismpx")
 
@@ -33,22 +36,40 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def open_stream(backend: Backend, settings: Settings) -> Stream:
-    """Connect as ``settings`` says; raises ``ConnectionLost`` when it cannot, in time."""
+async def open_stream(
+    backend: Backend, settings: Settings, target: MasterTarget | None = None
+) -> Stream:
+    """Connect as ``settings`` says; raises ``ConnectionLost`` when it cannot, in time.
+
+    In sentinel mode, ``target`` (if given) gives the address a sentinel announced, to
+    be connected to without asking, and learns the address connected to.
+    """
     if settings.scheme == "unix":
         assert settings.path is not None  # the settings checked it
-        return await _within(backend, settings, backend.connect(Address(path=settings.path)))
+        return await within(backend, settings, backend.connect(Address(path=settings.path)))
     if not settings.sentinels:
         assert settings.host is not None
         assert settings.port is not None
         return await _connect(backend, settings, settings.host, settings.port)
-    host, port = await _find_master(backend, settings)
+    address = target.next_address() if target is not None else None
+    if address is None:
+        address = await _find_master(backend, settings)
+    else:
+        logger.info(
+            "redismpx connecting to master %r at %s, as a sentinel announced",
+            settings.master_name,
+            format_address(*address),
+        )
+    host, port = address
     try:
-        return await _connect(backend, settings, host, port)
+        stream = await _connect(backend, settings, host, port)
     except ConnectionLost as exc:
         # The URL names only the sentinels: say where they sent us.
         where = f"master {settings.master_name!r} at {format_address(host, port)}"
         raise ConnectionLost(f"{where}: {exc}") from exc
+    if target is not None:
+        target.connected(address)
+    return stream
 
 
 async def _connect(backend: Backend, settings: Settings, host: str, port: int) -> Stream:
@@ -56,10 +77,10 @@ async def _connect(backend: Backend, settings: Settings, host: str, port: int) -
     if settings.scheme == "rediss":
         # Certificates and host names are verified unless the caller's context says not.
         tls = settings.ssl or ssl.create_default_context()
-    return await _within(backend, settings, backend.connect(Address(host, port, tls)))
+    return await within(backend, settings, backend.connect(Address(host, port, tls)))
 
 
-async def _within(backend: Backend, settings: Settings, connecting: Awaitable[Stream]) -> Stream:
+async def within(backend: Backend, settings: Settings, connecting: Awaitable[Stream]) -> Stream:
     """``connecting``, or ``ConnectionLost`` once ``connect_timeout`` has passed."""
     with backend.cancel_scope(deadline=_deadline(backend, settings)):
         return await connecting

@@ -8,16 +8,24 @@ subscribed connection). :class:`ClusterConnections` serves a Redis Cluster: a
 strategy keeps exactly those links running, runs the router's timer, and routes
 publishes. Subscriptions, iterators and promises are the same objects over both:
 they talk to the strategy's ``router``.
+
+In sentinel mode, :class:`ServerConnections` also runs a :class:`SwitchListener`
+(``_sentinel.py``): when a sentinel announces that the master moved, every link
+that is not at the new address ends its connection and connects there at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Protocol
 
 from redismpx_core import (
     ClusterCore,
+    ConnectionLost,
+    MasterSwitched,
+    MasterTarget,
     MessagesReceived,
     Node,
     ServerError,
@@ -28,8 +36,10 @@ from redismpx_core import (
 from redismpx_core._cluster import ConnectionKey
 
 from ._backend import Signal
+from ._connect import format_address, open_stream
 from ._engine import Core, Engine, Events, PromiseOwner, Router, Subscriber
 from ._link import Link, LinkDropped
+from ._sentinel import SwitchListener
 
 __all__ = ("ClusterConnections", "Connections", "ServerConnections")
 
@@ -63,19 +73,23 @@ class Connections(Protocol):
 
 
 class ServerConnections:
-    """One server: a subscriber link, and a publisher link under RESP2.
+    """One server: a subscriber link, and a publisher link under RESP2; in sentinel
+    mode, a listener for announced failovers too.
 
     The links (their runners and signals) are made when the multiplexer starts, in
     its event loop: constructing a multiplexer needs none.
     """
 
-    __slots__ = ("_engine", "_publisher", "_subscriber", "router")
+    __slots__ = ("_engine", "_listener", "_publisher", "_subscriber", "_targets", "router")
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.router: Core = engine.new_core()
         self._subscriber: Link | None = None
         self._publisher: Link | None = None
+        self._listener: SwitchListener | None = None
+        #: Sentinel mode: each link with where its connection goes.
+        self._targets: list[tuple[Link, MasterTarget]] = []
 
     @property
     def connected(self) -> bool:
@@ -83,8 +97,39 @@ class ServerConnections:
 
     def start(self) -> None:
         engine = self._engine
-        self._subscriber = Link(engine, self.router, engine.settings, "subscriber")
+        self._subscriber = self._new_link(self.router, "subscriber")
         self._subscriber.start()
+        if engine.settings.sentinels:
+            self._listener = SwitchListener(engine, self._master_switched)
+            self._listener.start()
+
+    def _new_link(self, core: Core, role: str) -> Link:
+        engine = self._engine
+        settings = engine.settings
+        if not settings.sentinels:
+            return Link(engine, core, settings, role)
+        target = MasterTarget()
+        link = Link(
+            engine,
+            core,
+            settings,
+            role,
+            on_lost=target.lost,
+            connect=partial(open_stream, engine.backend, settings, target),
+        )
+        self._targets.append((link, target))
+        return link
+
+    def _master_switched(self, switch: MasterSwitched, sentinel: str) -> None:
+        """A sentinel announced that the master moved: every link not there already
+        ends its connection (its subscriptions hear of the loss) and connects there."""
+        for link, target in self._targets:
+            if target.switched(switch):
+                error = ConnectionLost(
+                    f"sentinel {sentinel} announced a failover: master "
+                    f"{switch.master_name!r} moved to {format_address(*switch.new)}"
+                )
+                link.runner.reconnect(error, at_once=True)
 
     def changed(self) -> None:
         if self._subscriber is not None:
@@ -93,11 +138,15 @@ class ServerConnections:
     def stop(self) -> None:
         for link in self._links():
             link.stop()
+        if self._listener is not None:
+            self._listener.stop()
 
     def close(self) -> None:
         for link in self._links():
             self._engine.dispatch(link.core.close(), link.take_reply)
             link.close()
+        if self._listener is not None:
+            self._listener.close()
 
     def _links(self) -> list[Link]:
         return [link for link in (self._subscriber, self._publisher) if link is not None]
@@ -114,8 +163,7 @@ class ServerConnections:
         if self._engine.settings.protocol == 3:
             return self._subscriber
         if self._publisher is None:
-            engine = self._engine
-            self._publisher = Link(engine, engine.new_core(), engine.settings, "publisher")
+            self._publisher = self._new_link(self._engine.new_core(), "publisher")
             self._publisher.start()
         return self._publisher
 

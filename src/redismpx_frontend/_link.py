@@ -10,7 +10,7 @@ router wants. A link is ready once its handshake completed (the core's
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from redismpx_core import (
@@ -25,7 +25,7 @@ from redismpx_core import (
     SubscriptionClosed,
 )
 
-from ._backend import Signal
+from ._backend import Signal, Stream
 from ._connect import open_stream
 from ._engine import Core, Engine, Events
 from ._runner import ConnectionRunner
@@ -54,7 +54,8 @@ class Link:
 
     ``on_events`` takes the events of every input (by default: dispatch them, and
     take the link's own replies with :meth:`take_reply`); ``on_lost`` hears of every
-    loss, after the core.
+    loss, after the core. ``connect`` opens each connection (by default: as
+    ``settings`` say, with :func:`open_stream`).
     """
 
     __slots__ = (
@@ -77,6 +78,7 @@ class Link:
         *,
         on_events: Callable[[Link, Events], None] | None = None,
         on_lost: Callable[[], None] | None = None,
+        connect: Callable[[], Awaitable[Stream]] | None = None,
     ) -> None:
         self._engine = engine
         self.core = core
@@ -88,7 +90,7 @@ class Link:
         self.runner = ConnectionRunner(
             engine.backend,
             core,
-            partial(open_stream, engine.backend, settings),
+            connect or partial(open_stream, engine.backend, settings),
             partial(on_events or Link._dispatch, self),
             partial(self._lost, on_lost),
             role=role,

@@ -60,6 +60,12 @@ class ConnectionRunner:
         self._wake = backend.new_signal()
         self._error: RedisMPXError | None = None
         self._scope: CancelScope | None = None
+        # The scope of the attempt (connect, then the connection's tasks) under way, and
+        # of the backoff wait under way: what reconnect() cancels.
+        self._attempt: CancelScope | None = None
+        self._waiting: CancelScope | None = None
+        # reconnect(at_once=True) was called: the next attempt waits no backoff delay.
+        self._at_once = False
         self._stopped = False
 
     def wake(self) -> None:
@@ -76,6 +82,21 @@ class ConnectionRunner:
     def stopped(self) -> bool:
         return self._stopped
 
+    def reconnect(self, error: RedisMPXError, *, at_once: bool = False) -> None:
+        """End the connection under way (or the attempt to make one) with ``error``,
+        reported to the core and its subscriptions as any loss. The next attempt comes
+        after the core's backoff delay; with ``at_once``, without waiting (a backoff
+        wait under way ends too): the master moved, there is nothing to back off from.
+        """
+        if self._stopped:
+            return
+        if at_once:
+            self._at_once = True
+            if self._waiting is not None:
+                self._waiting.cancel()
+        if self._attempt is not None:
+            self._fail(error, self._attempt)
+
     async def run(self) -> None:
         if self._stopped:
             return
@@ -90,43 +111,56 @@ class ConnectionRunner:
             # The core first, so that whoever hears of the loss sees it disconnected.
             self._dispatch(self.core.connection_lost(error))
             self._on_lost()
-            delay = self.core.next_reconnect_delay()
+            at_once, self._at_once = self._at_once, False
+            delay = 0.0 if at_once else self.core.next_reconnect_delay()
             logger.info(
-                "redismpx %s %s %s (%s); retrying in %.3f s",
+                "redismpx %s %s %s (%s); retrying %s",
                 self._role,
                 "connection lost to" if connected else "could not connect to",
                 self._target,
                 error,
-                delay,
+                "at once" if at_once else f"in {delay:.3f} s",
             )
-            with backend.cancel_scope(deadline=backend.now() + delay):
-                await backend.new_signal().wait()  # never set: the deadline ends the wait
+            if at_once:
+                continue
+            waiting = self._waiting = backend.cancel_scope(deadline=backend.now() + delay)
+            try:
+                with waiting:
+                    await backend.new_signal().wait()  # never set: the deadline ends the wait
+            finally:
+                self._waiting = None
+            self._at_once = False  # (set during the wait: it ended the wait)
 
     async def _connection(self) -> tuple[RedisMPXError, bool]:
         """One connection attempt, start to end: why it ended, and whether it was made."""
         backend = self._backend
         logger.debug("redismpx %s connecting to %s", self._role, self._target)
-        try:
-            stream = await self._connect()
-        except RedisMPXError as exc:
-            return exc, False
-        logger.info("redismpx %s connected to %s", self._role, self._target)
         self._error = None
+        stream: Stream | None = None
+        attempt = self._attempt = backend.cancel_scope()
         try:
-            if self._stopped:
-                # A stopped runner's core is closed (a cluster router dropped it), and the
-                # stop's cancellation may not have reached this task yet: deliver it here,
-                # before the core is touched (and again after each read).
-                await backend.checkpoint()
-            self._dispatch(self.core.connection_made(backend.now()))
-            async with backend.open_task_group() as tasks:
-                scope = tasks.cancel_scope
-                tasks.start_soon(lambda: self._read(stream, scope))
-                tasks.start_soon(lambda: self._write_and_time(stream, scope))
+            with attempt:
+                try:
+                    stream = made = await self._connect()
+                except RedisMPXError as exc:
+                    return exc, False
+                logger.info("redismpx %s connected to %s", self._role, self._target)
+                if self._stopped:
+                    # A stopped runner's core is closed (a cluster router dropped it), and
+                    # the stop's cancellation may not have reached this task yet: deliver
+                    # it here, before the core is touched (and again after each read).
+                    await backend.checkpoint()
+                self._dispatch(self.core.connection_made(backend.now()))
+                async with backend.open_task_group() as tasks:
+                    scope = tasks.cancel_scope
+                    tasks.start_soon(lambda: self._read(made, scope))
+                    tasks.start_soon(lambda: self._write_and_time(made, scope))
         finally:
-            await close_stream(backend, stream)
-        assert self._error is not None, "a connection's tasks end only through _fail"
-        return self._error, True
+            self._attempt = None
+            if stream is not None:
+                await close_stream(backend, stream)
+        assert self._error is not None, "an attempt ends only through _fail, once it connected"
+        return self._error, stream is not None
 
     def _fail(self, error: RedisMPXError, scope: CancelScope) -> None:
         if self._error is None:

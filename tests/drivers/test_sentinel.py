@@ -6,7 +6,10 @@ replica and three sentinels, with passwords on both the data nodes and the
 sentinels. The failover tests take a fresh set-up each from
 ``redis_sentinel_factory``; a failover takes a second or two, and the sentinels
 demote the old master (dropping its clients) about three seconds after that (see
-tests/redis_sentinel.py), so those tests wait with generous deadlines.
+tests/redis_sentinel.py), so those tests wait with generous deadlines. A
+multiplexer hears of a failover before that demotion: it listens to a sentinel's
+``+switch-master`` announcements (docs/sentinel.md), and the failover tests check
+that it moved on the announcement, while the old master still says it is one.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import trustme
 from anyio.abc import SocketAttribute
 
 from drivers.conftest import Driver, wait_until
-from drivers.helpers import Log, clients_named
+from drivers.helpers import Log, clients_named, wait_server
 from drivers.tls_certs import client_context, start_tls_server
 from redis_sentinel import MASTER_NAME, RedisSentinel, RedisSentinelFactory, SentinelServer
 from redis_servers import RedisServer, RedisServerFactory, encode_command, free_port
@@ -60,9 +63,7 @@ def logged_text(records: list[logging.LogRecord]) -> str:
 
 
 @pytest.fixture(scope="module")
-def shared(
-    redis_binary: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RedisSentinel]:
+def shared(redis_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
     """A set-up no test faults: passwords on the data nodes and on the sentinels."""
     setup = RedisSentinel(
         redis_binary,
@@ -216,8 +217,9 @@ def test_sentinels_that_cannot_help_are_one_notice_and_retried(
 
 
 class FakeSentinel:
-    """Answers every request with ``address``, as GET-MASTER-ADDR-BY-NAME would: a
-    sentinel whose view lags a failover, on demand."""
+    """Answers every GET-MASTER-ADDR-BY-NAME with ``address``: a sentinel whose view
+    lags a failover, on demand. Any other command (the multiplexer's listener for
+    announced failovers connects too) gets an error."""
 
     def __init__(self, address: tuple[str, int]) -> None:
         self.address = address
@@ -236,15 +238,19 @@ class FakeSentinel:
                     reader.feed(await stream.receive())
                 except (anyio.EndOfStream, anyio.BrokenResourceError):
                     return
-                while reader.gets() is not False:
+                while (request := reader.gets()) is not False:
+                    if [arg.upper() for arg in request[:2]] != [
+                        b"SENTINEL",
+                        b"GET-MASTER-ADDR-BY-NAME",
+                    ]:
+                        await stream.send(b"-ERR unknown command\r\n")
+                        continue
                     self.queries += 1
                     host, port = self.address
                     await stream.send(encode_command(host, port))
 
 
-def test_a_node_that_is_not_the_master_is_dropped(
-    driver: Driver, shared: RedisSentinel
-) -> None:
+def test_a_node_that_is_not_the_master_is_dropped(driver: Driver, shared: RedisSentinel) -> None:
     """The ROLE check: a sentinel that names the replica (its view lagging a failover)
     gets a connection that is dropped before it counts as up, and asked again."""
     m = driver.module
@@ -308,6 +314,7 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
+@pytest.mark.server_feature("tls")
 def test_tls_to_the_master_the_sentinel_names(
     driver: Driver,
     redis_binary: str,
@@ -362,6 +369,17 @@ async def subscribed(mpx: Any, log: Log, *names: str) -> None:
     await wait_until(lambda: sorted(log.activations) == sorted(n.encode() for n in names))
 
 
+def listening(setup: RedisSentinel, name: str) -> SentinelServer | None:
+    """The running sentinel on which the multiplexer named ``name`` has its
+    subscription to ``+switch-master``, if any."""
+    for sentinel in setup.sentinels:
+        if sentinel.running and any(
+            client["sub"] == "1" for client in clients_named(sentinel, name)
+        ):
+            return sentinel
+    return None
+
+
 async def recovered_on(
     mpx: Any, new: RedisServer, old: RedisServer, name: str, log: Log, *names: str
 ) -> None:
@@ -374,7 +392,7 @@ async def recovered_on(
     assert new.command("ROLE")[0] == b"master"
     assert clients_named(new, name)
     if old.running:
-        assert clients_named(old, name) == []
+        await wait_server(lambda: clients_named(old, name) == [])
     assert new.pubsub_numsub(*names) == {n.encode(): 1 for n in names}
     for n in names:
         assert new.command("PUBLISH", n, b"after:" + n.encode()) == 1
@@ -386,19 +404,45 @@ async def recovered_on(
     assert len(log.disconnects) == 1
 
 
-def test_failover_moves_every_subscription_to_the_new_master(
+class RoleLog(Log):
+    """A Log that also notes, as each name is activated again after a disconnect, what
+    ``old`` (the master before a failover) says its role is at that moment."""
+
+    def __init__(self, old: RedisServer) -> None:
+        super().__init__()
+        self.old = old
+        self.roles: list[bytes] = []
+
+    def on_activation(self, name: bytes) -> None:
+        if self.disconnects:
+            self.roles.append(self.old.command("ROLE")[0])
+        super().on_activation(name)
+
+
+def check_announced(error: Exception, m: Any, new: RedisServer) -> None:
+    """``error`` is the notice of a move on a sentinel's announcement."""
+    assert type(error) is m.ConnectionLost
+    assert "announced a failover" in str(error)
+    assert f"master '{MASTER_NAME}' moved to {new.host}:{new.port}" in str(error)
+
+
+def test_a_failover_is_heard_from_the_sentinels_before_the_old_master_drops_us(
     driver: Driver, redis_sentinel_factory: RedisSentinelFactory
 ) -> None:
-    """SENTINEL FAILOVER: once the sentinels demote the old master (which drops its
-    clients), the multiplexer asks them again, reconnects to the new master and
-    re-activates every name; one on_disconnect, pending promises interrupted."""
+    """SENTINEL FAILOVER: a sentinel announces ``+switch-master`` once the replica is
+    promoted, and the multiplexer, listening, ends its connections to the old master
+    at once and connects to the new one: one on_disconnect saying so, pending promises
+    interrupted, every name activated again there, all while the old master still
+    says it is the master (the sentinels demote it, and drop its clients, about three
+    seconds later with the fixture's timers: that drop is what the multiplexer
+    used to wait for). The demotion, when it comes, is not felt."""
     setup = redis_sentinel_factory()
     old = setup.master()
     m = driver.module
     name = client_name()
 
     async def body() -> None:
-        log = Log()
+        log = RoleLog(old)
         async with m.Multiplexer(setup.url, client_name=name, **FAST) as mpx:
             await subscribed(mpx, log, "fo:a", "fo:b")
             promises = mpx.new_promise_subscription("fo:promise:")
@@ -407,14 +451,18 @@ def test_failover_moves_every_subscription_to_the_new_master(
             promise = promises.new_promise("1", 60)
             assert await mpx.publish("fo:a", b"before") == 1
             await wait_until(lambda: log.messages == [(b"fo:a", b"before")])
+            await wait_server(lambda: listening(setup, name) is not None)
 
             new = await anyio.to_thread.run_sync(setup.failover)
             assert new is not old
             with anyio.fail_after(FAILOVER_DEADLINE), pytest.raises(m.PromiseInterrupted):
                 await promise
             await recovered_on(mpx, new, old, name, log, "fo:a", "fo:b")
-            assert type(log.disconnects[0]) is m.ConnectionLost
-            assert old.command("ROLE")[0] == b"slave"  # demoted, as the sentinels said
+            kinds = [kind for kind, _ in log.entries[:6]]
+            assert kinds == ["activate", "activate", "msg", "disconnect", "activate", "activate"]
+            check_announced(log.disconnects[0], m, new)
+            # Moved before the old master was demoted: on the announcement, not on the drop.
+            assert log.roles == [b"master", b"master"]
 
             with anyio.fail_after(5):
                 await promises.wait_for_activation()
@@ -422,6 +470,84 @@ def test_failover_moves_every_subscription_to_the_new_master(
             assert new.command("PUBLISH", "fo:promise:2", b"kept") == 1
             with anyio.fail_after(5):
                 assert await promise == b"kept"
+
+            # The sentinels demote the old master: nothing of ours was on it any more.
+            await anyio.to_thread.run_sync(setup.wait_demoted, old)
+            assert new.command("PUBLISH", "fo:a", b"still") == 1
+            await wait_until(lambda: log.messages[-1] == (b"fo:a", b"still"))
+            assert len(log.disconnects) == 1
+
+    driver.run(body)
+
+
+def test_the_listener_turns_to_another_sentinel_when_its_own_dies(
+    driver: Driver, redis_sentinel_factory: RedisSentinelFactory
+) -> None:
+    """The sentinel that the multiplexer listens to is killed: the data connection
+    does not notice (no on_disconnect, messages keep coming), the listener connects
+    to another sentinel, and the next failover is heard from that one."""
+    setup = redis_sentinel_factory()
+    old = setup.master()
+    m = driver.module
+    name = client_name()
+
+    async def body() -> None:
+        log = RoleLog(old)
+        async with m.Multiplexer(setup.url, client_name=name, **FAST) as mpx:
+            await subscribed(mpx, log, "sl:a")
+            await wait_server(lambda: listening(setup, name) is not None)
+            first = listening(setup, name)
+            assert first is not None
+            first.kill()
+            await wait_server(lambda: listening(setup, name) not in (None, first))
+
+            assert mpx.connected
+            assert old.command("PUBLISH", "sl:a", b"1") == 1
+            await wait_until(lambda: log.messages == [(b"sl:a", b"1")])
+            assert log.disconnects == []
+
+            new = await anyio.to_thread.run_sync(setup.failover)
+            await recovered_on(mpx, new, old, name, log, "sl:a")
+            check_announced(log.disconnects[0], m, new)
+            assert log.roles == [b"master"]
+
+    driver.run(body)
+
+
+def test_an_announcement_for_another_master_changes_nothing(
+    driver: Driver,
+    redis_sentinel_factory: RedisSentinelFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sentinels also monitor 'othermaster', which fails over: the sentinel the
+    multiplexer listens to announces it, and the multiplexer stays where it is (the
+    same connection to the same master: no on_disconnect, messages keep coming)."""
+    setup = redis_sentinel_factory(other_masters=["othermaster"])
+    master = setup.master()
+    other = setup.master("othermaster")
+    m = driver.module
+    name = client_name()
+    caplog.set_level(logging.DEBUG, logger="redismpx")
+
+    async def body() -> None:
+        log = Log()
+        async with m.Multiplexer(setup.url, client_name=name, **FAST) as mpx:
+            await subscribed(mpx, log, "om:a")
+            await wait_server(lambda: listening(setup, name) is not None)
+            (before,) = [client["id"] for client in clients_named(master, name)]
+
+            new_other = await anyio.to_thread.run_sync(setup.failover, "othermaster")
+            assert new_other is not other
+            await wait_until(
+                lambda: "announces another master's switch" in caplog.text,
+                timeout=FAILOVER_DEADLINE,
+            )
+            assert setup.master() is master
+            assert master.command("PUBLISH", "om:a", b"1") == 1
+            await wait_until(lambda: log.messages == [(b"om:a", b"1")])
+            assert [client["id"] for client in clients_named(master, name)] == [before]
+            assert log.disconnects == []
+            assert log.activations == [b"om:a"]
 
     driver.run(body)
 
@@ -456,15 +582,17 @@ def test_all_sentinels_down_is_retried_until_one_returns(
 ) -> None:
     """The sentinels are not on the data path: with all of them down an established
     connection carries on. A lost one is retried, with backoff, for as long as no
-    sentinel answers, and recovers when one comes back."""
+    sentinel answers, and recovers when one comes back; so does the listener for
+    announced failovers, which connects to the sentinel that came back."""
     setup = redis_sentinel_factory()
     master = setup.master()
     m = driver.module
+    name = client_name()
     caplog.set_level(logging.INFO, logger="redismpx")
 
     async def body() -> None:
         log = Log()
-        async with m.Multiplexer(setup.url, **FAST) as mpx:
+        async with m.Multiplexer(setup.url, client_name=name, **FAST) as mpx:
             await subscribed(mpx, log, "down:a")
             for sentinel in setup.sentinels:
                 sentinel.kill()
@@ -480,9 +608,12 @@ def test_all_sentinels_down_is_retried_until_one_returns(
             assert master.command("PUBLISH", "down:a", b"2") == 1
             await wait_until(lambda: log.messages[-1] == (b"down:a", b"2"))
             assert len(log.disconnects) == 1
+            await wait_server(lambda: listening(setup, name) is setup.sentinels[1])
 
     driver.run(body)
     logged = logged_text(caplog.records)
     assert f"no sentinel gave the address of master '{MASTER_NAME}'" in logged
+    assert "redismpx sentinel listener could not connect to" in logged
+    assert "no sentinel could be reached" in logged
     for host, port in setup.sentinel_addresses:
         assert f"{host}:{port}: " in logged
