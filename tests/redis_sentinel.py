@@ -362,9 +362,11 @@ class RedisSentinel:
 
     # -- faults ------------------------------------------------------------
 
-    def _wait_new_master(
-        self, old: RedisServer, timeout: float, name: str = MASTER_NAME
+    def wait_new_master(
+        self, old: RedisServer, timeout: float = _FAILOVER_TIMEOUT, name: str = MASTER_NAME
     ) -> RedisServer:
+        """Until every running sentinel names a master other than ``old`` that says it
+        is one; returns it."""
         def promoted() -> bool:
             with contextlib.suppress(RedisServerError):
                 return self.master(name) is not old
@@ -400,13 +402,13 @@ class RedisSentinel:
         (which closes its clients' connections); this does not wait for that."""
         old = self.master(name)
         self.start_failover(name, timeout=timeout)
-        return self._wait_new_master(old, timeout, name)
+        return self.wait_new_master(old, timeout, name)
 
     def kill_master(self, timeout: float = _FAILOVER_TIMEOUT) -> RedisServer:
         """SIGKILL the master; returns the replica the sentinels promote in its place."""
         old = self.master()
         old.kill()
-        return self._wait_new_master(old, timeout)
+        return self.wait_new_master(old, timeout)
 
     def wait_demoted(self, node: RedisServer, timeout: float = _FAILOVER_TIMEOUT) -> None:
         """Until ``node`` (an old master) reports role slave: the sentinels reconfigure it."""

@@ -94,3 +94,19 @@ def test_compare_commits_parses_what_the_scripts_print() -> None:
     }
     driver = run("benchmarks/driver_throughput.py", "--messages", "5000", "--rounds", "1")
     assert len(compare_commits.driver_figures(driver)) == 9
+
+
+def test_sentinel_failover_runs_quick() -> None:
+    """One failover per tree (this one, and the base commit's in a git worktree) with
+    the tests' Sentinel timers: about 15 s. Each round checks that the client reached
+    the new master (a message published there arrives)."""
+    out = run("benchmarks/sentinel_failover.py", "--quick")
+    lines = out.splitlines()
+    assert lines[0].startswith("SENTINEL FAILOVER -> on_activation on the new master; fast")
+    medians = {}
+    for line in lines[1:3]:
+        label, rest = line.split(" median ")
+        medians[label.strip()] = float(rest.split()[0])
+    assert set(medians) == {"5576d80", "this tree"}
+    assert all(value > 0 for value in medians.values())
+    assert lines[3].startswith("this tree / 5576d80: ")
