@@ -101,6 +101,17 @@ def _moved(reply: Any) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def _wait_caught_up(node: RedisServer, its_master: RedisServer, timeout: float = 10.0) -> None:
+    """Until ``node`` has processed its master's whole replication stream."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sent = its_master.info("replication")["master_repl_offset"]
+        if node.info("replication")["master_repl_offset"] == sent:
+            return
+        assert time.monotonic() < deadline, "the replica did not catch up"
+        time.sleep(0.005)
+
+
 def _is_pong(frame: Any) -> bool:
     # RESP2 subscribed clients get [b"pong", b""], the others (and RESP3) +PONG.
     return frame in (b"PONG", [b"pong", b""])
@@ -319,6 +330,9 @@ def test_failover_kill_and_restart(
 
     # -- SIGKILL the new master: its replica (the first master) is elected; its
     # subscribers keep their subscriptions, the dead node's clients see EOF.
+    # A replica serves its master's shard channels: it is caught up first, so that
+    # "after failover" (sent to it through replication) cannot reach the new subscriber.
+    _wait_caught_up(master, replica)
     on_old_master = RawClient(master)
     clients.append(on_old_master)
     assert on_old_master.call("SSUBSCRIBE", channel) == [b"ssubscribe", encoded, 1]
