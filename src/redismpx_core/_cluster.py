@@ -30,7 +30,10 @@ without it) is asked on one commands connection, the *control*: at start; when a
 node refuses a shard name with a redirect (``MOVED`` after a slot migration,
 ``ASK`` during one, ``TRYAGAIN``, ``CLUSTERDOWN``; a node that lost a slot first
 unsubscribes its names on its own, and the core's attempt to subscribe them again
-there is what gets the redirect); when any connection is lost; and every
+there is what gets the redirect); when any connection is lost, and when a subscriber
+connection comes back after a loss (the node may have been failed over meanwhile: a
+killed master restarted as a replica would take its names back, and serve them
+second-hand, on the word of a topology asked before the cluster noticed); and every
 ``refresh_interval`` seconds. Refreshes are at least ``min_refresh_interval``
 apart, so a cluster in flux sees a bounded rate of queries. ``MOVED`` names its
 new owner, and the name goes there at once, before the refresh confirms it.
@@ -185,6 +188,9 @@ class ClusterCore(Generic[S, P]):
         self._held: list[Event[S, P]] = []
         # New connections withheld until then, after a turn from a failed node.
         self._not_before: dict[ConnectionKey, float] = {}
+        # Nodes whose subscriber connection was lost and is not back yet. See
+        # handle_events: the node that comes back may no longer be what it was.
+        self._reconnecting: set[Node] = set()
         self._turns = Backoff(
             base=core_options.get("backoff_base", 0.1),
             cap=core_options.get("backoff_cap", 10.0),
@@ -436,6 +442,7 @@ class ClusterCore(Generic[S, P]):
             or (self.topology is not None and node in self.topology.masters)
         ):
             return
+        self._reconnecting.discard(node)
         self._close_core(self._subscribers.pop(node))
 
     def _close_core(self, core: MultiplexerCore[S, P]) -> None:
@@ -510,6 +517,13 @@ class ClusterCore(Generic[S, P]):
         for event in events:
             if type(event) is ConnectionEstablished:
                 self._turns.reset()  # a node answers: turning needs no delay again
+                if role == "subscriber" and node in self._reconnecting:
+                    # Back after a loss, it may have been failed over meanwhile (a
+                    # master killed and restarted comes back as a replica, which takes
+                    # its master's shard names again) while the last topology, asked
+                    # before the cluster noticed, still names it: ask again.
+                    self._reconnecting.discard(node)
+                    self._refresh_wanted = True
             elif isinstance(event, NameRejected):
                 if role == "subscriber" and self._rejected(event, node):
                     continue
@@ -542,6 +556,8 @@ class ClusterCore(Generic[S, P]):
         if self._closed:
             return events
         self._refresh_wanted = True
+        if role == "subscriber":
+            self._reconnecting.add(node)
         if role == "commands" and node == self._control:
             self._refresh_token = None
             self._control = self._next_candidate(node)

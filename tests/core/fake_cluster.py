@@ -6,7 +6,8 @@ real cluster in tests/test_cluster_fixture.py): ``SSUBSCRIBE``, ``SUNSUBSCRIBE``
 and ``SPUBLISH`` get ``-MOVED slot host:port``, names of several slots in one
 command get ``-CROSSSLOT``. Moving a slot makes the old owner unsubscribe its
 subscribers of the slot's names on its own, with a ``sunsubscribe`` frame each.
-A node that is down refuses connections, and its slots go to the next node.
+A node that is down refuses connections, and its slots go to the next node; a
+node whose view lags (``views``) still lists it, as a node that has not heard yet does.
 ACLs are the same on every node (:meth:`FakeCluster.deny`), as a cluster's are.
 """
 
@@ -118,8 +119,8 @@ class FakeCluster:
         shards = []
         owners = self.views.get(asked, self.owners)
         for node in self.nodes:
-            if node in self.down:
-                continue
+            if node in self.down and asked not in self.views:
+                continue  # (a node whose view lags has not heard of a death either)
             ranges: list[int] = []
             for slot, owner in enumerate(owners):
                 if owner != node:

@@ -581,6 +581,49 @@ def test_a_stale_topology_does_not_send_names_back_to_a_demoted_master() -> None
     assert all(router.is_active(handle, n) for n in names)
 
 
+def test_names_leave_a_dead_master_that_comes_back_as_a_replica() -> None:
+    """A master dies, and the node we ask for the topology has not heard yet: the names
+    wait for the dead master's connection. The cluster fails over, the node we ask
+    learns of it, and the old master comes back as the new one's replica before any
+    refused reconnection asks the topology again: the reconnection takes the names
+    (a replica serves its master's shard channels), and without another query they
+    would stay there, off the owner (found by chaos.py --cluster, on Valkey 9.1). A
+    reconnection after a loss is a reason to ask: they move to the new master."""
+    cluster = FakeCluster(NODES)
+    router = new_router()  # asks NODES[0] for the topology
+    net = Harness(cluster, router)
+    old, new = NODES[2], NODES[1]
+    names = [n for n in POOL if cluster.owner(n) == old][:2]
+    assert names
+    owner = Owner("x")
+    handle = router.open_subscription(SubscriptionKind.SHARD, owner)
+    net.take(router.add(handle, names))
+    net.settle()
+    cluster.views[NODES[0]] = list(cluster.owners)  # it has not heard of what follows
+    cluster.down.add(old)
+    for conn in list(cluster.servers[old].connections):
+        conn.close()
+    net.settle(horizon=0.05)  # the loss, a refused reconnection: a (stale) query is due
+    # The query goes out and is answered before the next attempt on the old master.
+    net.now = router.next_deadline()  # type: ignore[assignment]
+    net.take(router.handle_timeout(net.now))
+    while net._step({("subscriber", old)}):
+        pass
+    assert router.topology is not None
+    assert all(router.topology.owner(key_slot(n)) == old for n in names)
+    assert not any(router.is_active(handle, n) for n in names)
+    assert router.next_deadline() == net.now + router.refresh_interval  # nothing due
+    queries = cluster.shards_queries
+    cluster.failover(old, new)
+    cluster.views.clear()
+    cluster.revive(old)
+    net.settle()  # the reconnection: the names go to the old master, now a replica
+    assert cluster.shards_queries > queries
+    assert all(cluster.shard_holders(n) == [new] for n in names)
+    assert all(router.is_active(handle, n) for n in names)
+    assert net.disconnects[owner] == 1  # the one loss
+
+
 # ---------------------------------------------------------------- refused names
 
 
