@@ -50,8 +50,10 @@ with a replica each (``tests/redis_cluster.py``, the test suite's fixture), with
 same subscriptions: the shard channels spread over every master, the channels,
 patterns and promises on the multiplexer's home node. The publisher keeps a socket per
 node: SPUBLISH to the master owning the slot (a MOVED reply re-routes the next ones),
-PUBLISH to the home node. The faults, in a random order that has each kind once every
-five rounds: a slot holding subscribed names migrated to another master (``migrate``),
+PUBLISH to the home node. The faults, in a random order that has each kind once in
+every run of as many rounds as there are kinds: a slot holding subscribed names migrated
+to another master (``migrate``; and ``atomic-migrate``, with Valkey's atomic slot
+migration, ``CLUSTER MIGRATESLOTS``, on servers that have it),
 ``CLUSTER FAILOVER`` of a master (``failover``), SIGKILL of a master until its replica
 has taken over, then the node restarted as a replica (``kill-master``), and
 ``CLIENT KILL TYPE pubsub`` or the output buffer limit on a node carrying names. The
@@ -107,6 +109,9 @@ DRIVERS = {
 }
 FAULTS = ("cut", "half-open", "sigkill", "sigstop", "client-kill", "output-buffer-limit")
 CLUSTER_FAULTS = ("migrate", "failover", "kill-master", "client-kill", "output-buffer-limit")
+#: A slot moved by Valkey's atomic slot migration (CLUSTER MIGRATESLOTS, Valkey 9): a
+#: cluster fault of the servers that have it, in the default list there.
+ATOMIC_MIGRATE = "atomic-migrate"
 #: The faults that cost a node its connections (the others move names between masters).
 LOSSY_CLUSTER_FAULTS = frozenset({"kill-master", "client-kill", "output-buffer-limit"})
 
@@ -1081,7 +1086,7 @@ class ClusterChaos(Chaos):
         self.last_fault = kind
         owners = await self.blocking(self.shard_owners)
         masters = sorted(set(owners.values()), key=self.cluster.nodes.index)
-        if kind == "migrate":
+        if kind in ("migrate", ATOMIC_MIGRATE):
             # Half of the time the slot of the group: several names move at once.
             picked = SHARD_GROUP[0] if self.rng.random() < 0.5 else self.rng.choice(SHARD_CHANNELS)
             slot = self.publisher.slots[picked]
@@ -1091,7 +1096,10 @@ class ClusterChaos(Chaos):
             destination = self.rng.choice(sorted(others, key=self.cluster.nodes.index))
             self._expect(moving, None)
             self.log(f"  slot {slot} ({len(moving)} names): {source.port} -> {destination.port}")
-            await self.blocking(self.cluster.migrate_slot, slot, destination)
+            if kind == ATOMIC_MIGRATE:
+                await self.blocking(self.cluster.migrate_slots_atomically, slot, slot, destination)
+            else:
+                await self.blocking(self.cluster.migrate_slot, slot, destination)
             return
         assert self.home is not None
         carriers = masters if kind in ("failover", "kill-master") else [*masters, self.home]
@@ -1221,7 +1229,7 @@ def _possible_faults(args: argparse.Namespace, server: RedisServer) -> str | Non
             f"{args.server_label} does not drop a subscriber that reads at its "
             "client-output-buffer-limit (one large message)"
         )
-        if args.faults:
+        if args.faults_named:
             return f"--faults output-buffer-limit: {why}"
         args.faults = [kind for kind in kinds if kind != "output-buffer-limit"]
         print(f"faults: output-buffer-limit left out: {why}", flush=True)
@@ -1401,7 +1409,13 @@ def main(argv: list[str] | None = None) -> int:
     build = server_build(args.server)
     if not build.has("sharded" if not args.cluster else "cluster-shards"):
         parser.error(f"--server: {build.label} lacks what the chaos needs (Redis 7 or Valkey)")
-    kinds = CLUSTER_FAULTS if args.cluster else FAULTS
+    args.faults_named = args.faults is not None
+    atomic = build.has("atomic-slot-migration")
+    if args.faults is not None and ATOMIC_MIGRATE in args.faults and not atomic:
+        parser.error(f"--faults {ATOMIC_MIGRATE}: {build.label} has no CLUSTER MIGRATESLOTS")
+    if args.cluster and args.faults is None and atomic:
+        args.faults = [*CLUSTER_FAULTS, ATOMIC_MIGRATE]
+    kinds = (*CLUSTER_FAULTS, ATOMIC_MIGRATE) if args.cluster else FAULTS
     if args.faults is not None and not set(args.faults) <= set(kinds):
         parser.error(f"--faults: choose among {', '.join(kinds)}")
     if args.seed is None:

@@ -23,7 +23,8 @@ from server_matrix import server_build
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 12
-#: The cluster's fault kinds; each runs twice (a kill-master round takes ~3 s).
+#: The cluster's fault kinds (and atomic-migrate where the server has it); each runs
+#: twice (a kill-master round takes ~3 s).
 CLUSTER_FAULTS = ["failover", "migrate", "kill-master", "client-kill", "output-buffer-limit"]
 
 
@@ -96,6 +97,8 @@ def test_cluster_chaos_run_has_no_violations(
     driver: str, redis_binary: str, output_limit_drops: bool
 ) -> None:
     faults = [f for f in CLUSTER_FAULTS if output_limit_drops or f != "output-buffer-limit"]
+    if server_build(redis_binary).has("atomic-slot-migration"):
+        faults.append("atomic-migrate")  # Valkey's CLUSTER MIGRATESLOTS
     rounds = 2 * len(faults)
     lines = _chaos(
         redis_binary,
