@@ -1607,3 +1607,27 @@ def test_an_iterator_never_entered_subscribes_nothing(
                 await mpx.subscribe(chan).__anext__()
 
     driver.run(body)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+@pytest.mark.parametrize("size", [16 * 1024, 256 * 1024])
+def test_large_messages_published_by_the_subscribing_multiplexer(
+    driver: Any, redis_server: RedisServer, protocol: int, size: int
+) -> None:
+    """Under RESP3 the multiplexer publishes on its subscribed connection, so the server
+    sends the message back on the connection that published it (Valkey 9.0 tore such
+    frames from 16 KiB up; every server of the matrix runs this)."""
+    chan = uniq(f"large{protocol}")
+    payloads = [bytes([i]) * size for i in range(3)]
+
+    async def body() -> None:
+        inbox, active = Inbox(), []
+        async with driver.Multiplexer(redis_server.url, protocol=protocol) as mpx:
+            mpx.new_channel_subscription(inbox, on_activation=active.append).add(chan)
+            await wait_until(lambda: active == [b(chan)])
+            for payload in payloads:
+                assert await mpx.publish(chan, payload) == 1
+            await wait_until(lambda: len(inbox.messages) == len(payloads))
+            assert inbox.data() == payloads
+
+    driver.run(body)
