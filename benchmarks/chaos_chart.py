@@ -61,6 +61,7 @@ FAULT_NOTES = {
     "migrate": "a slot migrated to another master",
     "failover": "CLUSTER FAILOVER of a master",
     "kill-master": "SIGKILL of a master",
+    "atomic-migrate": "a slot moved by CLUSTER MIGRATESLOTS (Valkey 9)",
 }
 
 
