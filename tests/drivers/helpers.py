@@ -10,13 +10,16 @@ import anyio
 import anyio.lowlevel
 
 from drivers.conftest import wait_until
+from redis_cluster import RedisCluster
 from redis_servers import RedisServer
 
 __all__ = (
+    "CLUSTER_FAST",
     "Inbox",
     "AsyncLog",
     "Log",
     "b",
+    "names_on",
     "clients_named",
     "numpat",
     "numsub",
@@ -26,6 +29,14 @@ __all__ = (
     "wait_server",
 )
 
+
+#: Short timers for the cluster tests: a lost node is noticed and routed around quickly.
+CLUSTER_FAST: dict[str, Any] = {
+    "health_check_interval": 0.5,
+    "health_check_timeout": 0.5,
+    "backoff_base": 0.02,
+    "backoff_cap": 0.3,
+}
 
 def uniq(tag: str) -> str:
     """A channel name no other test uses (the shared server outlives every test)."""
@@ -167,3 +178,19 @@ class AsyncLog(Log):
     async def on_activation(self, name: bytes) -> None:  # type: ignore[override]
         await anyio.lowlevel.checkpoint()
         super().on_activation(name)
+
+
+def names_on(cluster: RedisCluster, master: RedisServer, count: int, tag: str) -> list[str]:
+    """``count`` fresh shard channel names whose slots ``master`` owns, distinct slots."""
+    found: list[str] = []
+    slots: set[int] = set()
+    base = uniq(tag)
+    index = 0
+    while len(found) < count:
+        name = f"{base}:{index}"
+        index += 1
+        slot = cluster.key_slot(name)
+        if slot not in slots and cluster.owner_of_slot(slot) is master:
+            found.append(name)
+            slots.add(slot)
+    return found

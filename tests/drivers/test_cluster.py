@@ -10,42 +10,19 @@ in a worker thread so that the multiplexer keeps running meanwhile.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
 
 from drivers.conftest import Driver, wait_until
-from drivers.helpers import Inbox, Log, uniq, wait_server
+from drivers.helpers import CLUSTER_FAST, Inbox, Log, names_on, uniq, wait_server
 from redis_cluster import RedisCluster, RedisClusterFactory
-from redis_servers import RedisServer
 
 pytestmark = pytest.mark.server_feature("cluster-shards")
 
-#: Short timers: a lost node is noticed and routed around quickly.
-FAST: dict[str, Any] = {
-    "health_check_interval": 0.5,
-    "health_check_timeout": 0.5,
-    "backoff_base": 0.02,
-    "backoff_cap": 0.3,
-}
+FAST = CLUSTER_FAST
 
-
-def names_on(cluster: RedisCluster, master: RedisServer, count: int, tag: str) -> list[str]:
-    """``count`` fresh shard channel names whose slots ``master`` owns, distinct slots."""
-    found: list[str] = []
-    slots: set[int] = set()
-    base = uniq(tag)
-    index = 0
-    while len(found) < count:
-        name = f"{base}:{index}"
-        index += 1
-        slot = cluster.key_slot(name)
-        if slot not in slots and cluster.owner_of_slot(slot) is master:
-            found.append(name)
-            slots.add(slot)
-    return found
 
 
 def test_sharded_messages_on_every_shard(driver: Driver, redis_cluster: RedisCluster) -> None:

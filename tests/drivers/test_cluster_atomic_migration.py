@@ -31,19 +31,13 @@ import hiredis
 import pytest
 
 from drivers.conftest import Driver, wait_until
-from drivers.helpers import Log, uniq
+from drivers.helpers import CLUSTER_FAST, Log, names_on
 from redis_cluster import ATOMIC_MIGRATION_ENDS, AtomicMigration, RedisCluster
 from redis_servers import RedisServer, encode_command
 
 pytestmark = pytest.mark.server_feature("atomic-slot-migration")
 
-#: Short timers, as in test_cluster.py.
-FAST: dict[str, Any] = {
-    "health_check_interval": 0.5,
-    "health_check_timeout": 0.5,
-    "backoff_base": 0.02,
-    "backoff_cap": 0.3,
-}
+FAST = CLUSTER_FAST
 #: Keys put in the migrated slot, and the source's snapshot delay per key (µs): the
 #: snapshot then lasts at least 150 * 5 ms = 0.75 s, the window to publish "during".
 SLOT_KEYS = 150
@@ -67,21 +61,6 @@ SERVING_STATES = frozenset(
 )
 _READ_TIMEOUT = 5.0
 
-
-def names_on(cluster: RedisCluster, master: RedisServer, count: int, tag: str) -> list[str]:
-    """``count`` fresh shard channel names whose slots ``master`` owns, distinct slots."""
-    found: list[str] = []
-    slots: set[int] = set()
-    base = uniq(tag)
-    index = 0
-    while len(found) < count:
-        name = f"{base}:{index}"
-        index += 1
-        slot = cluster.key_slot(name)
-        if slot not in slots and cluster.owner_of_slot(slot) is master:
-            found.append(name)
-            slots.add(slot)
-    return found
 
 
 @dataclass(frozen=True)
