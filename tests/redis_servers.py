@@ -23,6 +23,7 @@ import errno
 import functools
 import importlib.util
 import os
+import random
 import re
 import shutil
 import signal
@@ -182,12 +183,41 @@ def acl_user(name: str, *rules: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- protocol
 
 
+#: Where the servers' ports come from: below the kernel's ephemeral range. A port that
+#: bind(0) or an outgoing connection gets is from that range, and Linux hands a port
+#: just freed to the next caller: a server killed to be restarted on its port would
+#: lose it to the next test process that asks (the test matrix runs several at once).
+_PORT_LOW = 16384
+_PORT_ATTEMPTS_FREE = 200
+_random_ports = random.SystemRandom()  # not the tests' seeded random
+
+
+@functools.cache
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+    return low
+
+
 def free_port(host: str = HOST) -> int:
-    """A TCP port that was free a moment ago (bind to port 0, read it, close)."""
+    """A TCP port that was free a moment ago: a random one below the kernel's
+    ephemeral range that binds, else (no room below it) one that bind(0) gives."""
+    high = _ephemeral_low() - 1
+    if high - _PORT_LOW >= 1000:
+        for _ in range(_PORT_ATTEMPTS_FREE):
+            port = _random_ports.randint(_PORT_LOW, high)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        bound: int = sock.getsockname()[1]
+        return bound
 
 
 def _to_bytes(arg: Arg) -> bytes:
