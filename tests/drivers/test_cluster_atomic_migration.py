@@ -175,16 +175,19 @@ def test_what_a_shard_subscriber_sees(
             assert received == 2
             for client in subscribers:
                 assert client.read() == [b"smessage", encoded, data]
-            assert _moved(destination.command("SPUBLISH", channel, "x", check=False)) == (
-                slow.slot,
-                source.port,
-            )
+            at_destination = destination.command("SPUBLISH", channel, "x", check=False)
+            asked: Any = None
             if during == 0:  # no ASK phase: the destination refuses even after ASKING
                 asking = RawClient(destination)
                 clients.append(asking)
                 assert asking.call("ASKING") == b"OK"
-                assert _moved(asking.call("SSUBSCRIBE", channel)) == (slow.slot, source.port)
+                asked = asking.call("SSUBSCRIBE", channel)
             during += 1
+            if cluster.atomic_migration_state(migration) not in SERVING_STATES:
+                break  # the hand-over came meanwhile: the destination's answers tell nothing
+            assert _moved(at_destination) == (slow.slot, source.port)
+            if asked is not None:
+                assert _moved(asked) == (slow.slot, source.port)
         assert during >= 3, f"only {during} messages published during the migration"
         cluster.finish_atomic_migration(migration)
 
