@@ -393,11 +393,15 @@ def _the_only_slot(server: RedisServer, timeout: float = 5.0) -> socket.socket:
     and meanwhile refuses the next one: try again until the deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        held = server.connect()
-        reply = _held_connection_command(held, "PING")
-        if reply == b"PONG":
-            return held
-        held.close()
+        try:  # with a password, the refusal is the answer to the AUTH that connect() sends
+            held = server.connect()
+        except hiredis.ReplyError as refused:
+            reply: Any = refused
+        else:
+            reply = _held_connection_command(held, "PING")
+            if reply == b"PONG":
+                return held
+            held.close()
         assert isinstance(reply, hiredis.ReplyError), reply
         assert time.monotonic() < deadline, f"the server's one slot stayed taken: {reply}"
         time.sleep(0.01)

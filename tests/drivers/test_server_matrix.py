@@ -14,7 +14,7 @@ import pytest
 
 from drivers.conftest import Driver, wait_until
 from drivers.helpers import Inbox, b, uniq
-from redis_servers import RedisServer, RedisServerFactory, free_port
+from redis_servers import RedisServer, RedisServerFactory
 
 
 @pytest.mark.server_lacks("sharded")
@@ -54,14 +54,11 @@ def test_sharded_subscription_without_sharded_pubsub(
 
 def _cluster_node(factory: RedisServerFactory, tmp_path: Path) -> RedisServer:
     """A server in cluster mode (its CLUSTER commands answer), alone. Redis 6.2 has no
-    --cluster-port: its bus is the data port + 10000, so the data port is kept low."""
-    port = free_port()
-    while port > 55000:
-        port = free_port()
+    --cluster-port: its bus is the data port + 10000, which the fixture's ports (below
+    the ephemeral range, free_port) leave room for."""
     return factory(
         "--cluster-enabled", "yes",
         "--cluster-config-file", str(tmp_path / "nodes.conf"),
-        port=port,
     )  # fmt: skip
 
 
