@@ -184,3 +184,12 @@ def emit(**result: Any) -> None:
     """The adapter's result: one JSON line, last on stdout."""
     result.setdefault("rss_peak", peak_rss_bytes())
     print(json.dumps(result), flush=True)
+
+
+def raise_file_limit(needed: int) -> None:
+    """Lift the soft limit on open files to ``needed`` (at most the hard limit): a
+    fan-out that opens one connection per subscriber needs more than the default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import sys
 import time
 from typing import Any
@@ -71,12 +70,6 @@ VARIANTS = ("callback", "iterator")
 #: Connections a fan-out run may open besides the subscribers' (stdio, the pool's spare...).
 SPARE_FILES = 64
 
-
-def raise_file_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def check_version() -> None:
@@ -110,7 +103,7 @@ async def subscriber(
 async def consume(args: Any) -> None:
     """backlog, live, latency (one subscriber) and fanout (``--subscribers``)."""
     subscribers = args.subscribers if args.measure == "fanout" else 1
-    raise_file_limit(subscribers + SPARE_FILES)
+    common.raise_file_limit(subscribers + SPARE_FILES)
     latencies = common.Latencies() if args.measure == "latency" else None
     tally = common.Tally(args.expected, latencies, anyio.Event())
     client = coredis.Redis(host=args.host, port=args.port, max_connections=subscribers + 8)

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -68,12 +67,6 @@ EXACT = GlideClientConfiguration.PubSubChannelModes.Exact
 SPARE_FILES = 64
 CONFIRM_POLL_SECONDS = 0.001
 
-
-def raise_file_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 async def create(args: Any, channels: set[str], callback: Callable[[Any, Any], None] | None) -> Any:
@@ -169,7 +162,7 @@ async def close_all(clients: list[Any]) -> None:
 async def consume(args: Any) -> None:
     """backlog, live, latency (one subscriber) and fanout (``--subscribers``)."""
     subscribers = args.subscribers if args.measure == "fanout" else 1
-    raise_file_limit(subscribers + SPARE_FILES)
+    common.raise_file_limit(subscribers + SPARE_FILES)
     consumers = Consumers(args.expected, args.measure == "latency")
     clients: list[Any] = []
     tasks: list[asyncio.Task[None]] = []

@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -65,12 +64,6 @@ VARIANTS = ("callback", "iterator", "callback-run")
 #: Files a fan-out run may open besides the subscribers' connections (stdio, the pool's...).
 SPARE_FILES = 64
 
-
-def raise_file_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def parser_name(pubsub: Any) -> str:
@@ -106,7 +99,7 @@ async def iterate(pubsub: Any, on_message: Callable[[Any], None]) -> None:
 async def consume(args: Any) -> None:
     """backlog, live, latency (one subscriber) and fanout (``--subscribers``)."""
     subscribers = args.subscribers if args.measure == "fanout" else 1
-    raise_file_limit(subscribers + SPARE_FILES)
+    common.raise_file_limit(subscribers + SPARE_FILES)
     latencies = common.Latencies() if args.measure == "latency" else None
     tally = common.Tally(args.expected, latencies, asyncio.Event())
     client = redis.asyncio.Redis(
