@@ -183,10 +183,10 @@ def acl_user(name: str, *rules: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- protocol
 
 
-#: Where the servers' ports come from: below the kernel's ephemeral range. A port that
-#: bind(0) or an outgoing connection gets is from that range, and Linux hands a port
-#: just freed to the next caller: a server killed to be restarted on its port would
-#: lose it to the next test process that asks (the test matrix runs several at once).
+#: Where the servers' ports come from: below the kernel's ephemeral range, from which
+#: bind(0) and every outgoing connection take theirs. A server killed to be restarted on
+#: its port leaves it free meanwhile, and the test matrix runs several test processes
+#: at once: none of their connections can take it from there.
 _PORT_LOW = 16384
 _PORT_ATTEMPTS_FREE = 200
 _random_ports = random.SystemRandom()  # not the tests' seeded random
