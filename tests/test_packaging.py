@@ -24,7 +24,15 @@ import redismpx_core
 import redismpx_trio
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("redismpx_core", "redismpx_frontend", "redismpx_anyio", "redismpx_trio")
+PACKAGES = (
+    "redismpx_core",
+    "redismpx_frontend",
+    "redismpx_anyio",
+    "redismpx_trio",
+    "redismpx_broadcaster",
+    "redismpx_socketio",
+    "redismpx_channels",
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ def test_the_wheel_holds_every_package_with_its_py_typed(dists: Dists) -> None:
         assert f"{package}/py.typed" in names, package
     top_level = {name.split("/")[0] for name in names}
     dist_info = {t for t in top_level if t.endswith(".dist-info")}
-    assert top_level - dist_info == set(PACKAGES), "the wheel installs only the four packages"
+    assert top_level - dist_info == set(PACKAGES), "the wheel installs only its packages"
 
 
 def test_the_sdist_holds_every_package_with_its_py_typed(dists: Dists) -> None:

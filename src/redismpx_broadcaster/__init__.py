@@ -1,0 +1,3 @@
+"""redismpx_broadcaster: a broadcaster back end over one redismpx Multiplexer."""
+
+__all__ = ()

@@ -1,0 +1,3 @@
+"""redismpx_channels: a Django Channels layer over redismpx multiplexers."""
+
+__all__ = ()

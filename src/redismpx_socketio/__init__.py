@@ -1,0 +1,3 @@
+"""redismpx_socketio: a python-socketio client manager over one redismpx Multiplexer."""
+
+__all__ = ()
