@@ -183,6 +183,8 @@ class LoopLayer:
                 self._undecodable.add(name, 1, time.monotonic())
                 continue
             if channel.error is not None:
+                if self.channels.get(name) is channel:
+                    del self.channels[name]
                 raise channel.error
             if channel.closed:
                 continue  # flushed: a channel of the same name is made again
@@ -277,6 +279,8 @@ class LoopLayer:
         channel.error = error
         channel.items.clear()
         self.close_channel(channel)
+        # Kept until a receive raises the error: its consumer must hear of it.
+        self.channels[channel.name] = channel
 
     def _channel_down(self, channel: LocalChannel, error: RedisMPXError) -> None:
         if isinstance(error, ServerError):
