@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -37,7 +37,7 @@ def run(body: Callable[[], Awaitable[Any]]) -> Any:
 @pytest.fixture(params=["server", "cluster"])
 def make_layer(
     request: pytest.FixtureRequest, redis_server: RedisServer
-) -> Iterator[Callable[..., RedisMPXChannelLayer]]:
+) -> Callable[..., RedisMPXChannelLayer]:
     """Layers on the shared server, or on the shared cluster (sharded)."""
     if request.param == "server":
         hosts, cluster = [redis_server.url], False
@@ -48,11 +48,11 @@ def make_layer(
     def make(**config: Any) -> RedisMPXChannelLayer:
         return RedisMPXChannelLayer(hosts=hosts, cluster=cluster, **config)
 
-    yield make
+    return make
 
 
-async def receive_soon(layer: RedisMPXChannelLayer, channel: str, timeout: float = 5.0) -> Any:
-    async with asyncio.timeout(timeout):
+async def receive_soon(layer: RedisMPXChannelLayer, channel: str, within: float = 5.0) -> Any:
+    async with asyncio.timeout(within):
         return await layer.receive(channel)
 
 
@@ -69,7 +69,7 @@ async def nothing_within(layer: RedisMPXChannelLayer, channel: str, seconds: flo
 
 async def wait_for_stat(layer: RedisMPXChannelLayer, name: str, value: int) -> None:
     async with asyncio.timeout(5):
-        while getattr(layer.statistics(), name) < value:
+        while getattr(layer.statistics(), name) < value:  # noqa: ASYNC110 - counters announce nothing
             await asyncio.sleep(0.005)
 
 
@@ -204,10 +204,14 @@ def test_overflow_close_ends_the_receive_with_the_error(
         for n in range(3):
             await layer.group_send("g", {"type": "g", "n": n})
         await wait_for_stat(layer, "messages_dropped", 3)  # what it held, and the third
-        with pytest.raises(SubscriptionOverflow):
+
+        async def drain() -> None:
             async with asyncio.timeout(5):
                 while True:
                     await layer.receive(channel)
+
+        with pytest.raises(SubscriptionOverflow):
+            await drain()
         assert layer.statistics().groups == 0  # the channel and its memberships went
         await layer.close()
 
@@ -225,7 +229,7 @@ def test_expiry_drops_unread_messages_and_leaves_groups(
         await layer.group_add("g", channel)
         await layer.send(channel, {"type": "old"})
         async with asyncio.timeout(5):
-            while layer.statistics().messages_expired == 0:
+            while layer.statistics().messages_expired == 0:  # noqa: ASYNC110 - as above
                 await asyncio.sleep(0.05)
         # expired unread: the channel left its group (the specification's advice)
         assert layer.statistics().groups == 0
