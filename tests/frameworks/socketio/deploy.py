@@ -34,23 +34,23 @@ POLL = 0.01
 
 
 async def wait_until(
-    condition: Callable[[], object], timeout: float, what: str = "the condition"
+    condition: Callable[[], object], within: float, what: str = "the condition"
 ) -> float:
     """Poll ``condition`` until it is true; the seconds it took. TimeoutError after
-    ``timeout`` (a bounded wait, never a fixed sleep)."""
+    ``within`` (a bounded wait, never a fixed sleep)."""
     start = time.monotonic()
     while not condition():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"{what} did not happen within {timeout} s")
+        if time.monotonic() - start > within:
+            raise TimeoutError(f"{what} did not happen within {within} s")
         await anyio.sleep(POLL)
     return time.monotonic() - start
 
 
-async def eventually(condition: Callable[[], object], timeout: float) -> float | None:
+async def eventually(condition: Callable[[], object], within: float) -> float | None:
     """Like :func:`wait_until`, but ``None`` instead of an error: for the stock back
     end, whose behaviour is recorded, not asserted."""
     try:
-        return await wait_until(condition, timeout)
+        return await wait_until(condition, within)
     except TimeoutError:
         return None
 
@@ -90,12 +90,12 @@ class Node:
         await client.connect(self.url, transports=["websocket"], wait_timeout=10)
         self.client = client
 
-    async def broadcast(self, data: Any, timeout: float = 10.0) -> Any:
+    async def broadcast(self, data: Any, within: float = 10.0) -> Any:
         """Have this node's server emit ``data`` to the room; its ack."""
-        return await self.client.call("broadcast", data, timeout=timeout)
+        return await self.client.call("broadcast", data, timeout=within)
 
-    async def wait_news(self, data: Any, timeout: float = 10.0) -> float:
-        return await wait_until(lambda: data in self.news, timeout, f"news {data!r}")
+    async def wait_news(self, data: Any, within: float = 10.0) -> float:
+        return await wait_until(lambda: data in self.news, within, f"news {data!r}")
 
 
 class Nodes(Sequence[Node]):
@@ -108,15 +108,15 @@ class Nodes(Sequence[Node]):
     def __len__(self) -> int:
         return len(self._nodes)
 
-    async def wait_subscribed(self, numsub: Callable[[], int], timeout: float = 10.0) -> None:
+    async def wait_subscribed(self, numsub: Callable[[], int], within: float = 10.0) -> None:
         """Until Redis counts one subscriber of the channel per server."""
-        await wait_until(lambda: numsub() >= len(self._nodes), timeout, "every subscription")
+        await wait_until(lambda: numsub() >= len(self._nodes), within, "every subscription")
 
-    async def delivered(self, data: Any, timeout: float = 10.0) -> None:
+    async def delivered(self, data: Any, within: float = 10.0) -> None:
         """Node 0 emits ``data``; every other node's client gets it."""
         await self[0].broadcast(data)
         for node in self._nodes[1:]:
-            await node.wait_news(data, timeout)
+            await node.wait_news(data, within)
 
 
 @contextlib.asynccontextmanager
