@@ -43,7 +43,6 @@ sys.path[:0] = [str(HERE), str(HERE / "_peers")]
 from _redis import HOST, RedisServer  # noqa: E402
 from common import raise_file_limit  # noqa: E402
 
-CHANNEL = "socketio"
 ROOM = "bench"
 BACKENDS = ("stock", "redismpx")
 EMITTERS = 16  # concurrent emitting tasks in the publishing process
@@ -52,24 +51,24 @@ CONNECT_BATCH = 50
 DEADLINE = 300.0
 
 
-def make_manager(backend: str, url: str, write_only: bool = False) -> Any:
+def make_manager(backend: str, url: str, channel: str, write_only: bool = False) -> Any:
     if backend == "stock":
         import socketio
 
-        return socketio.AsyncRedisManager(url, channel=CHANNEL, write_only=write_only)
+        return socketio.AsyncRedisManager(url, channel=channel, write_only=write_only)
     from redismpx_socketio import MultiplexerManager
 
-    return MultiplexerManager(url, channel=CHANNEL, write_only=write_only)
+    return MultiplexerManager(url, channel=channel, write_only=write_only)
 
 
 # --------------------------------------------------------------------------- roles
 
 
-def run_app(backend: str, redis_url: str, port: int) -> None:
+def run_app(backend: str, redis_url: str, channel: str, port: int) -> None:
     import socketio
     import uvicorn
 
-    manager = make_manager(backend, redis_url)
+    manager = make_manager(backend, redis_url, channel)
     sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager, logger=False)
 
     @sio.event
@@ -110,8 +109,7 @@ async def run_clients(url: str, count: int, expected: int) -> None:
     with contextlib.suppress(TimeoutError):  # the count tells what was missing
         await asyncio.wait_for(done.wait(), DEADLINE)
     print(json.dumps({"received": received[0], "last": last[0]}), flush=True)
-    for client in clients:
-        await client.disconnect()
+    await asyncio.gather(*(client.disconnect() for client in clients))
 
 
 # --------------------------------------------------------------------------- driver
@@ -144,14 +142,14 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def numsub(redis: RedisServer) -> int:
-    reply = redis.command(b"PUBSUB", b"NUMSUB", CHANNEL.encode())
+def numsub(redis: RedisServer, channel: str) -> int:
+    reply = redis.command(b"PUBSUB", b"NUMSUB", channel.encode())
     return int(reply[1])
 
 
-async def publish(backend: str, url: str, events: int) -> float:
+async def publish(backend: str, url: str, channel: str, events: int) -> float:
     """Emit ``events`` events to the room from EMITTERS tasks; the time of the first."""
-    emitter = make_manager(backend, url, write_only=True)
+    emitter = make_manager(backend, url, channel, write_only=True)
     await emitter.emit("warmup-not-counted", None, room="nobody")
     queue = iter(range(events))
 
@@ -169,12 +167,12 @@ async def publish(backend: str, url: str, events: int) -> float:
 
 def measure(backend: str, redis: RedisServer, clients: int, events: int) -> dict[str, Any]:
     port = free_port()
+    # A channel per measurement: the previous app's subscription may not be gone yet.
+    channel = f"socketio-{backend}-{clients}"
     me = [sys.executable, __file__]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), str(HERE)]))
-    app = subprocess.Popen(
-        [*me, "--role", "app", "--backend", backend, "--redis", redis.url, "--port", str(port)],
-        env=env,
-    )
+    role = ["--role", "app", "--backend", backend, "--channel", channel]
+    app = subprocess.Popen([*me, *role, "--redis", redis.url, "--port", str(port)], env=env)
     swarm = None
     try:
         wait_port(port, app)
@@ -189,13 +187,15 @@ def measure(backend: str, redis: RedisServer, clients: int, events: int) -> dict
         if swarm.stdout.readline().strip() != "READY":
             raise SystemExit("the clients did not connect")
         deadline = time.monotonic() + 30
-        while numsub(redis) < 1:  # the app's manager listens from its first client on
+        while numsub(redis, channel) < 1:  # the app's manager listens from its first client on
             if time.monotonic() > deadline:
                 raise SystemExit("the app's manager did not subscribe")
             time.sleep(0.01)
-        start = asyncio.run(publish(backend, redis.url, events))
+        start = asyncio.run(publish(backend, redis.url, channel, events))
         result = json.loads(swarm.stdout.readline())
         rss = peak_rss(app.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            swarm.wait(30)  # its clients disconnect before the app stops
     finally:
         for proc in (swarm, app):
             if proc is not None and proc.poll() is None:
@@ -227,13 +227,14 @@ def main() -> None:
     parser.add_argument("--events", default=None, help="comma-separated M, one per N")
     parser.add_argument("--backend", choices=BACKENDS)
     parser.add_argument("--redis")
+    parser.add_argument("--channel")
     parser.add_argument("--port", type=int)
     parser.add_argument("--url")
     parser.add_argument("--count", type=int)
     parser.add_argument("--expected", type=int)
     args = parser.parse_args()
     if args.role == "app":
-        run_app(args.backend, args.redis, args.port)
+        run_app(args.backend, args.redis, args.channel, args.port)
         return
     if args.role == "clients":
         asyncio.run(run_clients(args.url, args.count, args.expected))
