@@ -113,3 +113,34 @@ async def test_subscription_is_logged(
     ) as nodes:
         await nodes.wait_subscribed(lambda: redis_server.pubsub_numsub(channel)[channel.encode()])
     assert f"subscribed to channel '{channel}'" in caplog.text
+
+
+def test_an_emitter_serves_one_event_loop_after_another(redis_server: RedisServer) -> None:
+    """A script that runs ``asyncio.run`` twice with one write-only manager: the second
+    loop gets a multiplexer of its own (the first closed with its loop)."""
+    import asyncio
+
+    import hiredis
+
+    from redis_servers import encode_command
+
+    channel = "socketio-two-loops"
+    sock = redis_server.connect(timeout=5)
+    reader = hiredis.Reader()
+
+    def read() -> Any:
+        while (reply := reader.gets()) is False:
+            reader.feed(sock.recv(1 << 16))
+        return reply
+
+    sock.sendall(encode_command("SUBSCRIBE", channel))
+    read()
+    emitter = MultiplexerManager(redis_server.url, channel=channel, write_only=True)
+    try:
+        asyncio.run(emitter.emit("news", "first loop", room="r"))
+        asyncio.run(emitter.emit("news", "second loop", room="r"))
+        assert b"first loop" in read()[2]
+        assert b"second loop" in read()[2]
+        assert emitter.statistics().emits_published == 2
+    finally:
+        sock.close()
