@@ -7,6 +7,9 @@ a plain server and on a Redis Cluster (shard channels).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import broadcaster
 import pytest
 
@@ -91,3 +94,53 @@ def test_stock_back_end_chat_recorded(redis_server: RedisServer, record_property
         outcome = "delivered" if heard is not None else "nothing delivered within 3 s"
         record_property("stock:first room", outcome)
         print(f"[stock] first room of a fresh app: {outcome}")
+
+
+@pytest.mark.parametrize("kind", ["stock", "redismpx"])
+def test_subscribers_arriving_together_on_a_new_channel(
+    kind: str, redis_server: RedisServer, record_property
+) -> None:
+    """Ten subscribers enter ``subscribe`` of one new channel at the same time.
+
+    The stock Broadcast registers a channel's subscriber set after the back end's
+    subscribe returns, so each of them makes a new set and only the last is kept:
+    recorded. Ours registers first: all ten receive.
+    """
+
+    async def main() -> tuple[int, str]:
+        url = redis_server.url
+        if kind == "stock":
+            broadcast = broadcaster.Broadcast(url)
+        else:
+            broadcast = Broadcast(backend=RedisMPXBackend(url))
+        received, leaving = 0, "left cleanly"
+        async with broadcast, broadcast.subscribe(f"warm-up-{kind}"):
+            stack = contextlib.AsyncExitStack()
+            subscribers = await asyncio.gather(
+                *(
+                    stack.enter_async_context(broadcast.subscribe(f"together-{kind}"))
+                    for _ in range(10)
+                )
+            )
+            await broadcast.publish(f"together-{kind}", "to all")
+            for subscriber in subscribers:
+                try:
+                    async with asyncio.timeout(0.5 if kind == "stock" else 10):
+                        await subscriber.get()
+                    received += 1
+                except TimeoutError:
+                    pass
+            try:
+                await stack.aclose()
+            except Exception as exc:  # the stock one's bookkeeping breaks: recorded
+                if kind != "stock":
+                    raise
+                leaving = f"leaving raised {type(exc).__name__}: {exc}"
+        return received, leaving
+
+    received, leaving = asyncio.run(main())
+    outcome = f"{received} of 10 received; {leaving}"
+    record_property(f"{kind}:subscribers arriving together", outcome)
+    print(f"[{kind}] subscribers arriving together: {outcome}")
+    if kind == "redismpx":
+        assert (received, leaving) == (10, "left cleanly")
