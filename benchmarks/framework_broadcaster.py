@@ -13,7 +13,7 @@ script starts:
   ``--buffer-size`` events each). Each app first subscribes a channel of its own
   for its whole life: the stock back end often loses its very first subscription
   (docs/frameworks/broadcaster.md), and the benchmark measures it working;
-* N clients run in another process (``_framework_broadcaster_swarm.py``: bare
+* N clients run in another process (``_ws_swarm.py``: bare
   WebSocket connections that count frames without parsing them);
 * this process publishes M messages through the framework's own path,
   ``Broadcast.publish`` of the same back end (32 publishing tasks at once).
@@ -173,7 +173,7 @@ def run_case(kind: str, url: str, clients: int, messages: int, buffer_size: int)
         _wait_port(port, app)
         swarm_argv = [
             sys.executable,
-            str(HERE / "_framework_broadcaster_swarm.py"),
+            str(HERE / "_ws_swarm.py"),
             "--url",
             f"ws://127.0.0.1:{port}/ws/{ROOM}",
             "--clients",
