@@ -1,5 +1,6 @@
 """benchmarks/framework_socketio.py runs in its quick form, so that it cannot rot: its
-counts are checked (every client got every event, on both back ends), not its speed."""
+counts are checked (every recipient got every event, on both back ends, through
+WebSockets and for the back end alone), not its speed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
+PATHS = ("through WebSockets", "back end alone")
 
 
 def test_quick_benchmark_counts() -> None:
@@ -24,12 +26,22 @@ def test_quick_benchmark_counts() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "ok: every client got every event, on both back ends" in out
-    rows = re.findall(r"^(stock|redismpx) +N=(\d+) +([\d,]+) / ([\d,]+) ", out, re.MULTILINE)
-    assert {(backend, int(n)) for backend, n, _, _ in rows} == {
-        (backend, n) for backend in ("stock", "redismpx") for n in (1, 50)
-    }
-    for _, _, delivered, expected in rows:
+    assert "ok: every recipient got every event, on both back ends, on both paths" in out
+    assert "DROPPED" not in out
+    rows = re.findall(
+        r"^(stock|redismpx) +(through WebSockets|back end alone) +N=(\d+) +([\d,]+) / ([\d,]+) ",
+        out,
+        re.MULTILINE,
+    )
+    assert sorted((backend, path, int(n)) for backend, path, n, _, _ in rows) == sorted(
+        (backend, path, n) for backend in ("stock", "redismpx") for path in PATHS for n in (1, 50)
+    )
+    for _, _, _, delivered, expected in rows:
         assert delivered == expected
-    table = [line.split() for line in out.splitlines() if re.match(r"^ +(1|50) ", line)]
-    assert [int(row[0]) for row in table] == [1, 50]
+    table = re.findall(r"^(through WebSockets|back end alone) +(\d+) +(\d+) ", out, re.MULTILINE)
+    assert [(path, int(n), int(m)) for path, n, m in table] == [
+        (PATHS[0], 1, 300),
+        (PATHS[1], 1, 300),
+        (PATHS[0], 50, 20),
+        (PATHS[1], 50, 20),
+    ]
