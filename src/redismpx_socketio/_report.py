@@ -8,15 +8,17 @@ of this package's publishers did not arrive (from their sequence numbers), how m
 this server dropped because it fell behind, and how many of its own emits did not
 reach Redis.
 
-Lines that can come in floods (drops, malformed messages) are written at most once per
-:data:`REPEAT_SECONDS`, with the running total; every other line is written once per
-occurrence, so an outage gives exactly one "lost" and one "back" line.
+Lines that can come in floods (gaps in a publisher's numbers, drops, malformed messages)
+are written at most once per :data:`REPEAT_SECONDS`, with the running total; every other
+line is written once per occurrence, so an outage gives exactly one "lost" and one
+"back" line.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Final, final
 
 from ._statistics import ManagerStatistics
@@ -45,8 +47,15 @@ class Report:
     anywhere.
     """
 
-    def __init__(self, logger: logging.Logger, channel: str, buffer: str) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        channel: str,
+        buffer: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._log = logger
+        self._clock = clock
         self._channel = channel
         self._buffer = buffer
         self.subscribed = False
@@ -54,6 +63,8 @@ class Report:
         self._down_since: float | None = None
         self._publishing_down = False
         self._failed_in_streak = 0
+        self._last_missed_line = -REPEAT_SECONDS
+        self._missed_unlogged = 0
         self._last_drop_line = -REPEAT_SECONDS
         self._last_malformed_line = -REPEAT_SECONDS
         self.outages = 0
@@ -85,7 +96,7 @@ class Report:
         self.outages += 1
         self.subscribed = False
         if self._down_since is None:
-            self._down_since = time.monotonic()
+            self._down_since = self._clock()
         self._log.warning(
             "lost the subscription to channel %r (%s): events published by other "
             "servers until it is back do not reach this server's clients, and Redis "
@@ -118,7 +129,7 @@ class Report:
             "servers published in that time were lost (Redis Pub/Sub does not replay "
             "them); those of redismpx managers are counted as their next events arrive",
             self._channel,
-            time.monotonic() - down_since,
+            self._clock() - down_since,
         )
 
     # ---- what arrives
@@ -126,19 +137,28 @@ class Report:
     def missed(self, publisher: str, first: int, last: int) -> None:
         count = last - first + 1
         self.events_missed += count
+        now = self._clock()
+        if now - self._last_missed_line < REPEAT_SECONDS:
+            # A buffer that overflows leaves a gap per drop: one line per gap would
+            # flood the log, so the next line carries these in its total.
+            self._missed_unlogged += count
+            return
+        self._last_missed_line = now
+        earlier, self._missed_unlogged = self._missed_unlogged, 0
         self._log.warning(
             "missed %d event(s) of the server with host_id %s (its numbers %d to %d): "
             "published while this server was not subscribed, dropped here, or never "
-            "published",
+            "published%s",
             count,
             publisher,
             first,
             last,
+            f"; and {earlier} more in gaps since the last such line" if earlier else "",
         )
 
     def dropped(self, count: int) -> None:
         self.events_dropped += count
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_drop_line < REPEAT_SECONDS:
             return
         self._last_drop_line = now
@@ -152,7 +172,7 @@ class Report:
 
     def malformed(self, why: str) -> None:
         self.events_malformed += 1
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_malformed_line < REPEAT_SECONDS:
             return
         self._last_malformed_line = now
