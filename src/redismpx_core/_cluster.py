@@ -77,15 +77,21 @@ home's connection fails.
 
 The topology is the word of one node, the control, and the node that left is a poor
 witness: after its reset it describes a cluster of its own, itself alone with no
-slot, and before it, it still lists the nodes that forgot it. A reply in which no
-slot is served and no node but one is listed comes from a node that knows no
-cluster (a reset node, or one never joined): it is not believed, and the control
-turns to the next node, as after a refused query. So the departure is heard from a
-node still in the cluster, which no longer lists it. A node that carries shard names
-owns their slots, and is emptied of them before it is removed (forgotten with them,
-they would go unserved): its names move with their slots, as in any migration, and
-its connection, idle and no longer a master's, is dropped like any other. So is a
-departed control's commands connection once the control has turned.
+slot, and before it, it still lists the nodes that forgot it (as failed, once they
+stop answering it). A reply in which no slot is served comes from a node outside any
+working cluster (a reset node, one never joined, one cut off from every master): it
+is not believed, and the control turns to the next node, as after a refused query.
+So the departure is heard from a node still in the cluster, which no longer lists
+it. (The cost: while a cluster serves no slot at all, being formed or with every
+master down, the last topology believed stands, none at start, so that the router
+is not ``connected`` until one is; and the query goes round the nodes at the pace of
+``min_refresh_interval``, as it does anyway while shard names wait for an owner.)
+
+A node that carries shard names owns their slots, and is emptied of them before it
+is removed (forgotten with them, they would go unserved): its names move with their
+slots, as in any migration, and its connection, idle and no longer a master's, is
+dropped like any other. So is a departed control's commands connection once the
+control has turned.
 
 Names and placements
 --------------------
@@ -712,9 +718,9 @@ class ClusterCore(Generic[S, P]):
             self._control = self._next_candidate(node)
             self._refresh_wanted = True
             return []
-        if not topology.ranges and len(topology.members or ()) <= 1:
-            # A node that knows no cluster, or none but itself: not believed (see
-            # "Whose word counts"); the next node is asked.
+        if not topology.ranges:
+            # A node outside any working cluster: not believed (see "Whose word
+            # counts"); the next node is asked.
             self._control = self._next_candidate(node)
             self._refresh_wanted = True
             return []
