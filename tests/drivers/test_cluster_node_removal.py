@@ -51,6 +51,9 @@ def test_the_home_node_leaves_the_cluster(
             await wait_until(lambda: channels.activations and patterns.activations)
             assert numsub(home, channel) == 1  # on the home, a node without slots
             assert numsub(master, channel) == 0
+            # Our subscriber and commands connections (it answers the topology), the
+            # probe asking (and, counted on a replica, the link to its master).
+            assert int(home.info("clients")["connected_clients"]) >= 3
             pending = promises.new_promise("before", 30)
 
             await anyio.to_thread.run_sync(cluster.remove_node, home)
@@ -84,8 +87,11 @@ def test_the_home_node_leaves_the_cluster(
                 assert await promise == b"42"
             assert await mpx.publish(channel, b"via the multiplexer") == 2
             await wait_until(lambda: len(channels.messages) == 2)
-            # Nothing of ours is left on the node that left.
+            # Nothing of ours is left on the node that left: neither the subscriber
+            # connection nor the commands one (it was the control); the one client
+            # there is the probe asking.
             await wait_server(lambda: numsub(home, channel) == 0 and numpat(home) == 0)
+            await wait_server(lambda: int(home.info("clients")["connected_clients"]) == 1)
             psub.close()
             sub.close()
         # About one refresh_interval after the node left (remove_node waits for the
