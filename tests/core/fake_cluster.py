@@ -72,7 +72,7 @@ class FakeCluster:
         self.down.add(node)
         for conn in list(self.servers[node].connections):
             conn.close()
-        alive = [n for n in self.nodes if n not in self.down]
+        alive = [n for n in self.nodes if n not in self.down and n not in self.removed]
         heir = alive[0]
         self.owners = [heir if owner == node else owner for owner in self.owners]
 

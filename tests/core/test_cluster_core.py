@@ -4,7 +4,8 @@ A small harness plays the driver: it opens a fake connection for every connectio
 the router wants, moves bytes both ways until nothing moves, reports losses and
 refused connections, and advances the clock to the router's deadlines. Hypothesis
 then mixes subscription changes with the cluster's own changes (slot migrations,
-dead and revived nodes, dropped connections, names refused with NOPERM) and checks,
+dead and revived nodes, a node that leaves the cluster, dropped connections, names
+refused with NOPERM) and checks,
 once things settle, that every name held is subscribed exactly once in the cluster
 (a shard name on the owner of its slot, a channel on the home), is active, and gets
 what is published to it; and after every step, that the names the router holds
@@ -271,13 +272,30 @@ class ClusterMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(POOL), node=st.sampled_from(NODES))
     def migrate(self, name: bytes, node: Node) -> None:
-        if node not in self.cluster.down:
+        if node not in self.cluster.down and node not in self.cluster.removed:
             self.cluster.move_slot(key_slot(name), node)
 
-    @precondition(lambda self: len(self.cluster.down) < len(NODES) - 1)
+    @precondition(lambda self: len(self.cluster.down | self.cluster.removed) < len(NODES) - 1)
     @rule(node=st.sampled_from(NODES))
     def kill(self, node: Node) -> None:
         self.cluster.kill(node)
+
+    @precondition(lambda self: not self.cluster.down and not self.cluster.removed)
+    @rule(node=st.sampled_from(NODES))
+    def leave(self, node: Node) -> None:
+        """The node is emptied of its slots, then leaves the cluster with its connections
+        up (forgotten by the others, then reset): the next periodic refresh sees it gone,
+        and nothing of ours stays there."""
+        self.cluster.empty(node, next(n for n in NODES if n != node))
+        self.net.settle()
+        self.cluster.remove(node)
+        deadline = self.router.next_deadline()  # the periodic refresh
+        assert deadline is not None
+        self.net.now = deadline
+        self.net.take(self.router.handle_timeout(self.net.now))
+        self.net.settle()
+        assert self.router.home != node
+        assert all(key[1] != node for key in self.router.connections())
 
     @rule(node=st.sampled_from(NODES))
     def revive(self, node: Node) -> None:
