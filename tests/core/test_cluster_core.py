@@ -5,10 +5,9 @@ the router wants, moves bytes both ways until nothing moves, reports losses and
 refused connections, and advances the clock to the router's deadlines. Hypothesis
 then mixes subscription changes with the cluster's own changes (slot migrations,
 dead and revived nodes, a node that leaves the cluster, dropped connections, names
-refused with NOPERM) and checks,
-once things settle, that every name held is subscribed exactly once in the cluster
-(a shard name on the owner of its slot, a channel on the home), is active, and gets
-what is published to it; and after every step, that the names the router holds
+refused with NOPERM) and checks, once things settle, that every name held is
+subscribed exactly once in the cluster (a shard name on the owner of its slot, a
+channel on the home), is active, and gets what is published to it; and after every step, that the names the router holds
 are those the subscriber holds, and that the node cores below agree with it.
 """
 
