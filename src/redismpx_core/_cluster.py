@@ -761,7 +761,7 @@ class ClusterCore(Generic[S, P]):
         home = self._subscribers.get(self._home)
         if self._home in left:
             error = NodeLeft(f"cluster node {self._home} left the cluster", self._home)
-            events += self._move_home((topology.masters or topology.members or left)[0], error)
+            events += self._move_home(topology.masters[0], error)  # (a topology believed has one)
         elif self._home not in topology.nodes and (
             home is None or home.state is not ConnectionState.READY
         ):

@@ -74,6 +74,9 @@ class NodeLeft(ConnectionLost):
         super().__init__(message)
         self.node = node
 
+    def __reduce__(self) -> tuple[type[NodeLeft], tuple[str, Node]]:
+        return (NodeLeft, (str(self), self.node))  # (args holds the message alone)
+
 
 class ProtocolError(ConnectionLost):
     """The server sent bytes that are not valid RESP, or replies out of turn.

@@ -7,13 +7,15 @@ then mixes subscription changes with the cluster's own changes (slot migrations,
 dead and revived nodes, a node that leaves the cluster, dropped connections, names
 refused with NOPERM) and checks, once things settle, that every name held is
 subscribed exactly once in the cluster (a shard name on the owner of its slot, a
-channel on the home), is active, and gets what is published to it; and after every step, that the names the router holds
-are those the subscriber holds, and that the node cores below agree with it.
+channel on the home), is active, and gets what is published to it; and after every
+step, that the names the router holds are those the subscriber holds, and that the
+node cores below agree with it.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -809,6 +811,8 @@ def test_the_home_leaves_the_cluster_with_its_connection_up() -> None:
         assert isinstance(error, ConnectionLost)
         assert error.node == home
         assert str(home) in str(error)
+        copy = pickle.loads(pickle.dumps(error))
+        assert (type(copy), str(copy), copy.node) == (NodeLeft, str(error), home)
     assert net.disconnects[shard_owner] == 0
     assert net.activations[channel_owner, b"news"] == 2
     assert net.activations[pattern_owner, b"news.*"] == 2
