@@ -37,6 +37,10 @@ Slots move two ways: the online resharding every server has (:meth:`RedisCluster
 slot migration (:meth:`RedisCluster.migrate_slots_atomically`, ``CLUSTER MIGRATESLOTS``,
 watched with ``CLUSTER GETSLOTMIGRATIONS``), which only servers with the
 ``atomic-slot-migration`` feature of tests/server_matrix.py have.
+
+A node without slots leaves the cluster with :meth:`RedisCluster.remove_node`
+(``CLUSTER FORGET`` on the others, ``CLUSTER RESET`` on it); it keeps running, and its
+clients' connections stay up.
 """
 
 from __future__ import annotations
@@ -291,6 +295,8 @@ class RedisCluster:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.nodes: list[RedisServer] = []
         self._ids: dict[RedisServer, str] = {}
+        # Nodes that left the cluster (remove_node): still running, no longer members.
+        self.removed: set[RedisServer] = set()
         self.start_seconds: float | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -457,8 +463,9 @@ class RedisCluster:
         raise KeyError(port)
 
     def reachable(self) -> list[RedisServer]:
-        """The nodes that are running and not paused."""
-        return [n for n in self.nodes if n.running and not n.paused]
+        """The nodes of the cluster that are running and not paused (a removed node is
+        not of the cluster)."""
+        return [n for n in self.nodes if n.running and not n.paused and n not in self.removed]
 
     def _any_node(self) -> RedisServer:
         live = self.reachable()
@@ -867,6 +874,43 @@ class RedisCluster:
         self._wait_role(replica, "master", timeout, f"{replica!r} to be promoted")
         self.wait_stable(max(deadline - time.monotonic(), 0.1))
         return replica
+
+    def remove_node(self, server: RedisServer, timeout: float = _STABLE_TIMEOUT) -> None:
+        """``server`` leaves the cluster the way Redis documents removing a node:
+        ``CLUSTER FORGET`` it on every other node (within the 60 s in which they refuse
+        to learn it again from gossip), then ``CLUSTER RESET HARD`` on it. It keeps
+        running, and its clients' connections stay up; it now knows no other node and
+        serves no slot (a cluster of its own, ``cluster_state:fail``), and the others
+        no longer relay PUBLISH to it. It must serve no slot (move them first) and, as a
+        master, have no replica. Waits until the rest is stable and no node lists it;
+        from then on it is left out of :meth:`reachable`, :meth:`masters` and the rest."""
+        if server in self.removed:
+            raise RedisClusterError(f"{server!r} was already removed")
+        me = _myself(server)
+        if me.slots:
+            raise RedisClusterError(f"{server!r} serves slots {list(me.slots)}: move them first")
+        if me.role == "master" and self.replicas_of(server):
+            raise RedisClusterError(f"{server!r} has replicas: they would be orphaned")
+        deadline = time.monotonic() + timeout
+        node_id = self.node_id(server)
+        others = [n for n in self.reachable() if n is not server]
+        for node in others:
+            node.command("CLUSTER", "FORGET", node_id)
+        server.command("CLUSTER", "RESET", "HARD")
+        self.removed.add(server)
+
+        def forgotten() -> bool | None:
+            for node in others:
+                if any(
+                    e.node_id == node_id for e in _parse_nodes(node.command("CLUSTER", "NODES"))
+                ):
+                    return None
+            if len(_parse_nodes(server.command("CLUSTER", "NODES"))) != 1:
+                return None
+            return True
+
+        _wait_for(f"{server!r} to be forgotten", forgotten, timeout)
+        self.wait_stable(max(deadline - time.monotonic(), 0.1))
 
     def restart_node(self, server: RedisServer, timeout: float = _STABLE_TIMEOUT) -> None:
         """Start a stopped (or killed) node again on its ports with its ``nodes.conf``;

@@ -17,7 +17,7 @@ from typing import Any
 import hiredis
 import pytest
 
-from redis_cluster import CLUSTER_SLOTS, RedisCluster, RedisClusterFactory
+from redis_cluster import CLUSTER_SLOTS, RedisCluster, RedisClusterError, RedisClusterFactory
 from redis_servers import RedisServer, encode_command
 
 pytestmark = pytest.mark.server_feature("cluster-shards")
@@ -354,6 +354,38 @@ def test_failover_kill_and_restart(
 
     cluster.close()
     assert not any(node.running for node in cluster.nodes)
+
+
+def test_remove_node(redis_cluster_factory: RedisClusterFactory, clients: list[RawClient]) -> None:
+    """A node without slots leaves: no other node lists it, it describes a cluster of
+    its own (itself alone, no slot: what the library must not believe), and its
+    clients' connections stay up. A master with slots is refused."""
+    cluster = redis_cluster_factory(masters=1, replicas_per_master=1)
+    [master] = cluster.masters()
+    replica = cluster.replica_of(master)
+    with pytest.raises(RedisClusterError, match="serves slots"):
+        cluster.remove_node(master)
+    client = RawClient(replica)
+    clients.append(client)
+    assert client.call("SUBSCRIBE", "fixture-left") == [b"subscribe", b"fixture-left", 1]
+    assert len(master.command("CLUSTER", "NODES").splitlines()) == 2
+    cluster.remove_node(replica)
+    assert cluster.reachable() == [master]
+    assert len(master.command("CLUSTER", "NODES").splitlines()) == 1
+    assert cluster.role(replica) == "master"
+    assert b"cluster_state:fail" in replica.command("CLUSTER", "INFO")
+    [shard] = cluster.shards(via=replica)
+    fields = dict(zip(shard[::2], shard[1::2], strict=True))
+    assert fields[b"slots"] == []
+    [itself] = fields[b"nodes"]
+    assert dict(zip(itself[::2], itself[1::2], strict=True))[b"port"] == replica.port
+    # Its connection is up and still subscribed, though the cluster no longer relays
+    # to it: a PUBLISH on the node itself reaches it.
+    assert replica.command("PUBLISH", "fixture-left", "on the node itself") == 1
+    assert client.read() == [b"message", b"fixture-left", b"on the node itself"]
+    with pytest.raises(RedisClusterError, match="already removed"):
+        cluster.remove_node(replica)
+    cluster.wait_stable()
 
 
 def test_bus_port_is_separate(redis_cluster: RedisCluster) -> None:

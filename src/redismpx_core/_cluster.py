@@ -16,10 +16,11 @@ Connections are keyed by ``(role, node)``:
     carries names. Channel, pattern and promise subscriptions all ride the *home*
     node's (PUBLISH reaches every node of a cluster, so any node will do); they move
     to another node when the home's connection fails and a refresh shows the home
-    gone or unreachable. A shard name rides the connection of the master that owns
-    its hash slot, and no command mixes slots (the core batches shard names per
-    slot). Until the topology is known, or while its slot has no owner, a shard name
-    waits *unplaced*: held, not yet sent.
+    gone or unreachable, and when a refresh shows that the home left the cluster
+    (see "Whose word counts") though its connection is up. A shard name rides the
+    connection of the master that owns its hash slot, and no command mixes slots (the
+    core batches shard names per slot). Until the topology is known, or while its
+    slot has no owner, a shard name waits *unplaced*: held, not yet sent.
 ``("commands", node)``
     no subscriptions: PUBLISH and SPUBLISH (routed to the slot's owner), and the
     topology query. Under RESP2 a subscribed connection refuses other commands, so
@@ -57,6 +58,41 @@ its core closed: the subscription and promise events of that close come with the
 router's next output, but publishes and requests still pending on it are the
 driver's to fail, since their tokens are that core's and may equal another's.
 
+Whose word counts
+-----------------
+
+A node that leaves a cluster (``CLUSTER FORGET`` on every other node, then
+``CLUSTER RESET`` on it) keeps its clients' connections, but it no longer hears the
+cluster's PUBLISHes: names left on it go deaf without a word. The router sees it
+leave in the topology: a topology from ``CLUSTER SHARDS`` lists every member,
+slot-less masters and replicas included, and a node an earlier topology listed that
+this one does not has left. If it is the home, the home moves to the first master,
+and each subscription there hears :class:`~redismpx_core.NodeLeft` (a
+``ConnectionLost``: the names stopped being delivered until their next activation)
+before its names are activated on the new home; its pending promises fail with
+``PromiseInterrupted``. A node never listed (a startup address the cluster names
+otherwise, ``localhost`` for ``127.0.0.1``) is not taken as gone; and ``CLUSTER SLOTS``
+(before Redis 7) lists no slot-less node, so there a departure is seen only when the
+home's connection fails.
+
+The topology is the word of one node, the control, and the node that left is a poor
+witness: after its reset it describes a cluster of its own, itself alone with no
+slot, and before it, it still lists the nodes that forgot it (as failed, once they
+stop answering it). A reply in which no slot is served comes from a node outside any
+working cluster (a reset node, one never joined, one cut off from every master): it
+is not believed, and the control turns to the next node, as after a refused query.
+So the departure is heard from a node still in the cluster, which no longer lists
+it. (The cost: while a cluster serves no slot at all, being formed or with every
+master down, the last topology believed stands, none at start, so that the router
+is not ``connected`` until one is; and the query goes round the nodes at the pace of
+``min_refresh_interval``, as it does anyway while shard names wait for an owner.)
+
+A node that carries shard names owns their slots, and is emptied of them before it
+is removed (forgotten with them, they would go unserved): its names move with their
+slots, as in any migration, and its connection, idle and no longer a master's, is
+dropped like any other. So is a departed control's commands connection once the
+control has turned.
+
 Names and placements
 --------------------
 
@@ -87,6 +123,8 @@ from ._backoff import Backoff
 from ._core import MultiplexerCore
 from ._errors import (
     InactiveSubscription,
+    NodeLeft,
+    PromiseInterrupted,
     ProtocolError,
     ServerError,
     SubscriptionClosed,
@@ -98,8 +136,10 @@ from ._events import (
     Event,
     NameRejected,
     P,
+    PromiseFailed,
     PublishFailed,
     S,
+    SubscriptionDisconnected,
 )
 from ._handles import (
     PromiseHandle,
@@ -156,6 +196,8 @@ class ClusterCore(Generic[S, P]):
                 raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
         self._startup = tuple(dict.fromkeys(startup))
         self._known: dict[Node, None] = dict.fromkeys(self._startup)
+        # Nodes a believed topology listed as members (see "Whose word counts").
+        self._listed: set[Node] = set()
         self._random = random
         self._core_options = core_options
         # Fail now, not when the first node is contacted, if an option is wrong.
@@ -424,6 +466,22 @@ class ClusterCore(Generic[S, P]):
         self._uncarry(sub, node)
         return events
 
+    def _unplace_left(
+        self, sub: SubscriptionHandle[S, P], node: Node, left: NodeLeft
+    ) -> list[Event[S, P]]:
+        """:meth:`_unplace` from a node that left the cluster: the subscription hears
+        of it as of a loss, and its promises fail as a loss fails them."""
+        events: list[Event[S, P]] = []
+        placement = self._placements[sub][node]
+        if placement.names and not placement.told:
+            events.append(SubscriptionDisconnected(sub.owner, left))
+        interrupted = PromiseInterrupted(str(left))
+        for event in self._unplace(sub, node):
+            if isinstance(event, PromiseFailed):
+                event = replace(event, error=interrupted)
+            events.append(event)
+        return events
+
     def _uncarry(self, sub: SubscriptionHandle[S, P], node: Node) -> None:
         """``sub``'s placement on ``node`` is closed: drop the node's core if idle now."""
         carried = self._carried[node]
@@ -449,9 +507,7 @@ class ClusterCore(Generic[S, P]):
         """Drop a node's core. Its replies pending are the driver's to fail (see the
         module docstring); the rest is told with the next output."""
         self._held += [
-            event
-            for event in core.close()
-            if not isinstance(event, PublishFailed | CommandFailed)
+            event for event in core.close() if not isinstance(event, PublishFailed | CommandFailed)
         ]
 
     def _owner(self, slot: int) -> Node | None:
@@ -662,6 +718,12 @@ class ClusterCore(Generic[S, P]):
             self._control = self._next_candidate(node)
             self._refresh_wanted = True
             return []
+        if not topology.ranges:
+            # A node outside any working cluster: not believed (see "Whose word
+            # counts"); the next node is asked.
+            self._control = self._next_candidate(node)
+            self._refresh_wanted = True
+            return []
         self.refreshes += 1
         return self._apply(topology)
 
@@ -674,8 +736,12 @@ class ClusterCore(Generic[S, P]):
         return candidates[(position + 1) % len(candidates)]
 
     def _apply(self, topology: Topology) -> list[Event[S, P]]:
-        """Move every shard name whose slot changed owner; drop what is left idle."""
+        """Move every shard name whose slot changed owner, and the home's names if its
+        node left the cluster; drop what is left idle."""
         self.topology = topology
+        left = self._left(topology)
+        for node in left:
+            self._known.pop(node, None)
         self._known.update(dict.fromkeys(topology.nodes))
         self._redirects.clear()
         for slot, (gave_up, _) in list(self._given_up.items()):
@@ -693,7 +759,10 @@ class ClusterCore(Generic[S, P]):
             for (old, new), names in moves.items():
                 events += self._move(sub, old, new, names)
         home = self._subscribers.get(self._home)
-        if self._home not in topology.nodes and (
+        if self._home in left:
+            error = NodeLeft(f"cluster node {self._home} left the cluster", self._home)
+            events += self._move_home(topology.masters[0], error)  # (a topology believed has one)
+        elif self._home not in topology.nodes and (
             home is None or home.state is not ConnectionState.READY
         ):
             events += self._move_home(topology.masters[0] if topology.masters else self._home)
@@ -703,6 +772,16 @@ class ClusterCore(Generic[S, P]):
         for node in list(self._subscribers):
             self._drop_if_idle(node)  # the masters changed
         return events
+
+    def _left(self, topology: Topology) -> tuple[Node, ...]:
+        """The nodes an earlier topology listed as members and ``topology`` does not: they
+        left the cluster. None when ``topology`` does not list members (CLUSTER SLOTS)."""
+        if topology.members is None:
+            return ()
+        members = set(topology.members)
+        left = tuple(node for node in self._listed if node not in members)
+        self._listed = members
+        return left
 
     def _move(
         self,
@@ -761,8 +840,12 @@ class ClusterCore(Generic[S, P]):
             self._held += self._subscriber(target).add(self._node_handle(sub, target), [name])
             sub.names[name] = target
 
-    def _move_home(self, new: Node) -> list[Event[S, P]]:
-        """Channel, pattern and promise subscriptions go to ``new``'s connection."""
+    def _move_home(self, new: Node, left: NodeLeft | None = None) -> list[Event[S, P]]:
+        """Channel, pattern and promise subscriptions go to ``new``'s connection.
+
+        ``left`` says the old home left the cluster with its connection up: its core
+        tells nothing of a loss, so each subscription is told here (once, as for a
+        loss), and its promises fail as interrupted."""
         old = self._home
         if new == old:
             return []
@@ -774,7 +857,10 @@ class ClusterCore(Generic[S, P]):
                 self._release(sub, old)  # its names ride their slot's owner, not the home
                 continue
             # Its promises already failed with the connection, or fail now.
-            events += self._unplace(sub, old)
+            if left is None:
+                events += self._unplace(sub, old)
+            else:
+                events += self._unplace_left(sub, old, left)
             if sub.kind is SubscriptionKind.PROMISE:
                 if sub.names:  # (not if its pattern was refused)
                     events += self._place_promises(sub, new)

@@ -9,12 +9,18 @@ Drivers re-export these names; they map their I/O library's exceptions to
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._topology import Node
+
 __all__ = (
     "AuthenticationError",
     "ConnectionLost",
     "HealthCheckTimeout",
     "InactiveSubscription",
     "MasterNotFound",
+    "NodeLeft",
     "PromiseInterrupted",
     "ProtocolError",
     "RedisMPXError",
@@ -52,6 +58,24 @@ class ConnectionLost(RedisMPXError):
 
 class HealthCheckTimeout(ConnectionLost):
     """A health-check PING got no answer within its deadline."""
+
+
+class NodeLeft(ConnectionLost):
+    """A cluster node that carried the subscription's names left the cluster while its
+    connection stayed up (the other nodes forgot it): it no longer hears the cluster's
+    publishes, so its names move to another node and are activated again there.
+
+    ``node`` is the address of the node that left.
+    """
+
+    node: Node
+
+    def __init__(self, message: str, node: Node) -> None:
+        super().__init__(message)
+        self.node = node
+
+    def __reduce__(self) -> tuple[type[NodeLeft], tuple[str, Node]]:
+        return (NodeLeft, (str(self), self.node))  # (args holds the message alone)
 
 
 class ProtocolError(ConnectionLost):

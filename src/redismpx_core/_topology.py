@@ -16,7 +16,7 @@ from __future__ import annotations
 import reprlib
 from bisect import bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, Final
@@ -60,10 +60,17 @@ class Topology:
     none). It is a read-only ``MappingProxyType`` over a private copy, and left out
     of the hash: a proxy is not hashable, and equal topologies have equal ranges
     anyway. Equality does compare it.
+
+    ``members`` lists every node the reply names, in any health, with slots or
+    without (a master that serves none, the replicas of one): the nodes the cluster
+    still knows. ``None`` when the reply does not say (``CLUSTER SLOTS`` leaves out
+    the nodes without slots). Equality does not compare it: it tells who is in the
+    cluster, not where names go.
     """
 
     ranges: tuple[tuple[int, int, Node], ...]
     replicas: Mapping[Node, tuple[Node, ...]] = field(default_factory=_no_replicas, hash=False)
+    members: tuple[Node, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # owner() bisects: unsorted or overlapping ranges would answer wrongly, not fail.
@@ -120,9 +127,11 @@ def parse_cluster_shards(reply: Any, asked: Node, *, tls: bool = False) -> Topol
     preferred but not set) its ``ip``, else the host of *asked*: a node that has
     not learnt its own address reports an empty one. The port is ``port``, or
     ``tls-port`` when *tls* is true; the other one if a node only has that.
+    Every node listed, whatever its health and slots, is one of the ``members``.
     """
     claims: list[_Claim] = []
     replicas: dict[Node, dict[Node, None]] = {}
+    members: dict[Node, None] = {}
     for index, item in enumerate(_array(reply, "CLUSTER SHARDS reply")):
         what = f"CLUSTER SHARDS shard {index}"
         shard = _map(item, what)
@@ -134,6 +143,7 @@ def parse_cluster_shards(reply: Any, asked: Node, *, tls: bool = False) -> Topol
         nodes = _array(_required(shard, "nodes", what), f"{what} nodes")
         for position, raw_node in enumerate(nodes):
             role, online, node = _shard_node(raw_node, f"{what} node {position}", asked, tls)
+            members[node] = None
             if not online:
                 continue
             if role == "replica":
@@ -148,7 +158,7 @@ def parse_cluster_shards(reply: Any, asked: Node, *, tls: bool = False) -> Topol
             claims.append(_claim(first, last, master, what))
         if master is not None:
             replicas.setdefault(master, {}).update(dict.fromkeys(shard_replicas))
-    return _topology(claims, replicas)
+    return replace(_topology(claims, replicas), members=tuple(members))
 
 
 def _shard_node(raw: Any, what: str, asked: Node, tls: bool) -> tuple[str, bool, Node]:

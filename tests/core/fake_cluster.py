@@ -8,6 +8,10 @@ command get ``-CROSSSLOT``. Moving a slot makes the old owner unsubscribe its
 subscribers of the slot's names on its own, with a ``sunsubscribe`` frame each.
 A node that is down refuses connections, and its slots go to the next node; a
 node whose view lags (``views``) still lists it, as a node that has not heard yet does.
+A dead node stays listed, as failed, with no slot. A node without slots can leave
+(:meth:`FakeCluster.remove`: forgotten by the others, then reset): the others no
+longer list it nor relay PUBLISH to it, and it describes a cluster of its own,
+itself alone and no slot.
 ACLs are the same on every node (:meth:`FakeCluster.deny`), as a cluster's are.
 """
 
@@ -32,6 +36,8 @@ class FakeCluster:
         self.views: dict[Node, list[Node]] = {}
         # Demoted masters: a replica serves its master's shard channels, as in Redis.
         self.replica_of: dict[Node, Node] = {}
+        # Nodes that left the cluster (forgotten by the others, then reset).
+        self.removed: set[Node] = set()
 
     def connect(self, node: Node) -> FakeConnection | None:
         """A new connection to ``node``, or None if it is down (connection refused)."""
@@ -66,12 +72,23 @@ class FakeCluster:
         self.down.add(node)
         for conn in list(self.servers[node].connections):
             conn.close()
-        alive = [n for n in self.nodes if n not in self.down]
+        alive = [n for n in self.nodes if n not in self.down and n not in self.removed]
         heir = alive[0]
         self.owners = [heir if owner == node else owner for owner in self.owners]
 
     def revive(self, node: Node) -> None:
         self.down.discard(node)
+
+    def empty(self, node: Node, heir: Node) -> None:
+        """Every slot of ``node`` moves to ``heir`` (its names unsubscribed, as in a migration)."""
+        for slot in [slot for slot, owner in enumerate(self.owners) if owner == node]:
+            self.move_slot(slot, heir)
+
+    def remove(self, node: Node) -> None:
+        """``node`` leaves the cluster: forgotten by every other node, then reset. Its
+        connections stay up; it must own no slot (:meth:`empty` it first)."""
+        assert node not in self.owners, "a node leaves with no slot"
+        self.removed.add(node)
 
     def spublish(self, channel: bytes, data: bytes) -> int:
         return self.servers[self.owner(channel)].spublish(channel, data)
@@ -81,7 +98,7 @@ class FakeCluster:
         return sum(
             server.publish(channel, data)
             for node, server in self.servers.items()
-            if node not in self.down
+            if node not in self.down and node not in self.removed
         )
 
     def deny(self, name: bytes) -> None:
@@ -101,9 +118,7 @@ class FakeCluster:
 
     def channel_holders(self, name: bytes) -> list[Node]:
         """Every node with a connection subscribed to channel ``name`` (once per connection)."""
-        return [
-            node for node, server in self.servers.items() for _ in range(server.numsub(name))
-        ]
+        return [node for node, server in self.servers.items() for _ in range(server.numsub(name))]
 
     def pattern_holders(self, pattern: bytes) -> list[Node]:
         """Every node with a connection subscribed to ``pattern`` (once per connection)."""
@@ -116,11 +131,15 @@ class FakeCluster:
 
     def shards_reply(self, asked: Node) -> list[object]:
         """``CLUSTER SHARDS`` as RESP2 carries it (maps as flat lists), as ``asked`` sees it."""
+        if asked in self.removed:  # it knows no cluster but its own
+            return [[b"slots", [], b"nodes", [_description(asked, b"online")]]]
         shards = []
         owners = self.views.get(asked, self.owners)
         for node in self.nodes:
-            if node in self.down and asked not in self.views:
-                continue  # (a node whose view lags has not heard of a death either)
+            if node in self.removed:
+                continue
+            # (a node whose view lags has not heard of a death either)
+            dead = node in self.down and asked not in self.views
             ranges: list[int] = []
             for slot, owner in enumerate(owners):
                 if owner != node:
@@ -129,19 +148,22 @@ class FakeCluster:
                     ranges[-1] = slot
                 else:
                     ranges += [slot, slot]
-            if not ranges:
-                continue
-            description = [
-                b"id", f"{node.port:040x}".encode(),
-                b"port", node.port,
-                b"ip", node.host.encode(),
-                b"endpoint", node.host.encode(),
-                b"role", b"master",
-                b"replication-offset", 0,
-                b"health", b"online",
-            ]  # fmt: skip
-            shards.append([b"slots", ranges, b"nodes", [description]])
+            health = b"failed" if dead else b"online"
+            shards.append([b"slots", ranges, b"nodes", [_description(node, health)]])
         return shards
+
+
+def _description(node: Node, health: bytes) -> list[object]:
+    """One master's entry in a CLUSTER SHARDS reply."""
+    return [
+        b"id", f"{node.port:040x}".encode(),
+        b"port", node.port,
+        b"ip", node.host.encode(),
+        b"endpoint", node.host.encode(),
+        b"role", b"master",
+        b"replication-offset", 0,
+        b"health", health,
+    ]  # fmt: skip
 
 
 class _FakeNode(FakeRedis):

@@ -4,16 +4,18 @@ A small harness plays the driver: it opens a fake connection for every connectio
 the router wants, moves bytes both ways until nothing moves, reports losses and
 refused connections, and advances the clock to the router's deadlines. Hypothesis
 then mixes subscription changes with the cluster's own changes (slot migrations,
-dead and revived nodes, dropped connections, names refused with NOPERM) and checks,
-once things settle, that every name held is subscribed exactly once in the cluster
-(a shard name on the owner of its slot, a channel on the home), is active, and gets
-what is published to it; and after every step, that the names the router holds
-are those the subscriber holds, and that the node cores below agree with it.
+dead and revived nodes, a node that leaves the cluster, dropped connections, names
+refused with NOPERM) and checks, once things settle, that every name held is
+subscribed exactly once in the cluster (a shard name on the owner of its slot, a
+channel on the home), is active, and gets what is published to it; and after every
+step, that the names the router holds are those the subscriber holds, and that the
+node cores below agree with it.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +43,9 @@ from redismpx_core import (
     NameDeactivated,
     NameRejected,
     NamesActivated,
+    NodeLeft,
+    PromiseFailed,
+    PromiseInterrupted,
     PublishFailed,
     SubscriptionClosed,
     SubscriptionKind,
@@ -75,6 +80,8 @@ class Harness:
         self.activations: Counter[tuple[Any, bytes]] = Counter()
         self.messages: list[tuple[Any, bytes, bytes]] = []
         self.disconnects: Counter[Any] = Counter()
+        self.disconnect_errors: list[tuple[Any, Exception]] = []
+        self.failed_promises: list[tuple[Any, Exception]] = []
         self.deactivations: Counter[tuple[Any, bytes]] = Counter()
         # Refusals that reached the subscriber (NOPERM), as the front end is told of them.
         self.rejections: list[tuple[Any, bytes]] = []
@@ -99,6 +106,9 @@ class Harness:
                 self.deactivations[event.subscriber, event.name] += 1
             elif event.__class__.__name__ == "SubscriptionDisconnected":
                 self.disconnects[event.subscriber] += 1
+                self.disconnect_errors.append((event.subscriber, event.error))
+            elif isinstance(event, PromiseFailed):
+                self.failed_promises.append((event.promise, event.error))
 
     def lose(self, key: ConnectionKey, error: str) -> None:
         core = self.router.connections()[key]
@@ -263,13 +273,30 @@ class ClusterMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(POOL), node=st.sampled_from(NODES))
     def migrate(self, name: bytes, node: Node) -> None:
-        if node not in self.cluster.down:
+        if node not in self.cluster.down and node not in self.cluster.removed:
             self.cluster.move_slot(key_slot(name), node)
 
-    @precondition(lambda self: len(self.cluster.down) < len(NODES) - 1)
+    @precondition(lambda self: len(self.cluster.down | self.cluster.removed) < len(NODES) - 1)
     @rule(node=st.sampled_from(NODES))
     def kill(self, node: Node) -> None:
         self.cluster.kill(node)
+
+    @precondition(lambda self: not self.cluster.down and not self.cluster.removed)
+    @rule(node=st.sampled_from(NODES))
+    def leave(self, node: Node) -> None:
+        """The node is emptied of its slots, then leaves the cluster with its connections
+        up (forgotten by the others, then reset): the next periodic refresh sees it gone,
+        and nothing of ours stays there."""
+        self.cluster.empty(node, next(n for n in NODES if n != node))
+        self.net.settle()
+        self.cluster.remove(node)
+        deadline = self.router.next_deadline()  # the periodic refresh
+        assert deadline is not None
+        self.net.now = deadline
+        self.net.take(self.router.handle_timeout(self.net.now))
+        self.net.settle()
+        assert self.router.home != node
+        assert all(key[1] != node for key in self.router.connections())
 
     @rule(node=st.sampled_from(NODES))
     def revive(self, node: Node) -> None:
@@ -736,6 +763,114 @@ def test_a_home_move_does_not_carry_refused_names() -> None:
     assert not promises.names
     with pytest.raises(InactiveSubscription):
         router.new_promise(promises, b"1", 1.0, net.now, Owner("promise"))
+
+
+def test_the_home_leaves_the_cluster_with_its_connection_up() -> None:
+    """The home (and control) is emptied of its slots, then forgotten by the others and
+    reset: its connection stays up but no PUBLISH reaches it. The periodic refresh asks
+    it, and it describes a cluster of its own (itself, no slot), which is not believed;
+    the next node's topology no longer lists it, and the channel, pattern and promise
+    subscriptions move, each told NodeLeft once and activated again."""
+    cluster = FakeCluster(NODES)
+    router = ClusterCore(
+        NODES, random=lambda: 0.5, health_check_interval=None, refresh_interval=2.0
+    )
+    net = Harness(cluster, router)
+    channel_owner, pattern_owner, promise_owner = Owner("c"), Owner("p"), Owner("r")
+    channels = router.open_subscription(SubscriptionKind.CHANNEL, channel_owner)
+    net.take(router.add(channels, [b"news"]))
+    _, events = router.open_pattern_subscription(b"news.*", pattern_owner)
+    net.take(events)
+    promises, events = router.open_promise_subscription(b"reply:", promise_owner)
+    net.take(events)
+    shard_owner = Owner("s")
+    shards = router.open_subscription(SubscriptionKind.SHARD, shard_owner)
+    net.take(router.add(shards, POOL))
+    net.settle(horizon=1.0)
+    home = router.home
+    assert home == NODES[0]
+    pending = Owner("pending")
+    router.new_promise(promises, b"1", 60.0, net.now, pending)
+    cluster.empty(home, NODES[1])
+    net.settle(horizon=1.0)  # its shard names follow their slots
+    assert router.home == home
+    assert net.disconnects[channel_owner] == 0
+    cluster.remove(home)
+    assert cluster.publish(b"news", b"lost") == 0  # the home no longer hears the cluster
+    queries = cluster.shards_queries
+    net.now = router.next_deadline()  # type: ignore[assignment]  # the periodic refresh
+    net.take(router.handle_timeout(net.now))
+    net.settle(horizon=1.0)
+    assert cluster.shards_queries >= queries + 2  # the home's word, then another node's
+    assert router.home != home
+    assert router.topology is not None
+    assert router.topology.masters == tuple(NODES[1:])
+    for owner in (channel_owner, pattern_owner, promise_owner):
+        [error] = [e for o, e in net.disconnect_errors if o is owner]
+        assert isinstance(error, NodeLeft)
+        assert isinstance(error, ConnectionLost)
+        assert error.node == home
+        assert str(home) in str(error)
+        copy = pickle.loads(pickle.dumps(error))
+        assert (type(copy), str(copy), copy.node) == (NodeLeft, str(error), home)
+    assert net.disconnects[shard_owner] == 0
+    assert net.activations[channel_owner, b"news"] == 2
+    assert net.activations[pattern_owner, b"news.*"] == 2
+    assert net.activations[promise_owner, b"reply:*"] == 2
+    [(promise, error)] = net.failed_promises
+    assert promise is pending
+    assert isinstance(error, PromiseInterrupted)
+    assert cluster.channel_holders(b"news") == [router.home]
+    assert cluster.pattern_holders(b"news.*") == [router.home]
+    assert cluster.pattern_holders(b"reply:*") == [router.home]
+    assert cluster.publish(b"news", b"heard") == 1
+    # Nothing stays open on the node that left: no subscriber, no commands connection.
+    assert all(node != home for _, node in router.connections())
+    assert all(router.is_active(shards, name) for name in POOL)
+    assert all(cluster.shard_holders(name) == [cluster.owner(name)] for name in POOL)
+
+
+def test_a_node_that_knows_no_cluster_is_not_believed() -> None:
+    """A reset node answers CLUSTER SHARDS with a cluster of its own, itself alone and no
+    slot: believing it would drop every master. The control turns to the next node."""
+    cluster = FakeCluster(NODES)
+    cluster.empty(NODES[0], NODES[1])
+    cluster.remove(NODES[0])
+    router = new_router(NODES)  # asks NODES[0] first
+    net = Harness(cluster, router)
+    channels = router.open_subscription(SubscriptionKind.CHANNEL, Owner("c"))
+    net.take(router.add(channels, [b"news"]))
+    net.settle(horizon=1.0)
+    assert cluster.shards_queries == 2
+    assert router.topology is not None
+    assert router.topology.masters == tuple(NODES[1:])
+    assert router.connected
+    # Never listed by a topology, the startup node is not known to have left: the home
+    # stays (its connection is up), as for a startup address the cluster names otherwise.
+    assert router.home == NODES[0]
+
+
+def test_a_node_without_slots_that_leaves_is_let_go() -> None:
+    """A node that is not the home leaves: nothing moves, no one is told, and no
+    connection to it stays open."""
+    cluster = FakeCluster(NODES)
+    router = new_router(NODES)
+    net = Harness(cluster, router)
+    owner = Owner("s")
+    shards = router.open_subscription(SubscriptionKind.SHARD, owner)
+    net.take(router.add(shards, POOL))
+    net.settle(horizon=1.0)
+    leaving = NODES[2]
+    assert ("subscriber", leaving) in router.connections()
+    cluster.empty(leaving, NODES[1])
+    net.settle(horizon=1.0)
+    cluster.remove(leaving)
+    net.now = router.next_deadline()  # type: ignore[assignment]
+    net.take(router.handle_timeout(net.now))
+    net.settle(horizon=1.0)
+    assert all(node != leaving for _, node in router.connections())
+    assert net.disconnects[owner] == 0
+    assert all(cluster.shard_holders(name) == [cluster.owner(name)] for name in POOL)
 
 
 # ---------------------------------------------------------------- the cost of a change

@@ -244,6 +244,21 @@ def test_a_shard_without_slots_adds_no_master() -> None:
     assert topology.nodes == (A,)
 
 
+def test_members_are_every_node_listed_with_or_without_slots_in_any_health() -> None:
+    """Who is still in the cluster: slot-less nodes and failed ones too. CLUSTER SLOTS
+    leaves slot-less nodes out, so it does not say; members are not compared."""
+    reply = [
+        shard([0, SLOTS - 1], node_map(A), node_map(ASKED, "replica", "loading")),
+        shard([], node_map(B, health="failed"), node_map(C, "replica")),
+    ]
+    topology = parse_cluster_shards(reply, ASKED)
+    assert topology.members == (A, ASKED, B, C)
+    assert topology.nodes == (A,)
+    assert topology == Topology(((0, SLOTS - 1, A),), {A: ()})
+    assert parse_cluster_shards([], ASKED).members == ()
+    assert parse_cluster_slots([slots_entry(0, SLOTS - 1, A, B)], ASKED).members is None
+
+
 @pytest.mark.parametrize(
     ("endpoint", "ip", "host"),
     [
