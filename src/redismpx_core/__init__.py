@@ -14,6 +14,7 @@ from ._errors import (
     HealthCheckTimeout,
     InactiveSubscription,
     MasterNotFound,
+    NodeConnectionLost,
     PromiseInterrupted,
     ProtocolError,
     RedisMPXError,
@@ -95,5 +96,6 @@ __all__ = (
     "ServerError",
     "AuthenticationError",
     "MasterNotFound",
+    "NodeConnectionLost",
     "__version__",
 )

@@ -15,6 +15,7 @@ __all__ = (
     "HealthCheckTimeout",
     "InactiveSubscription",
     "MasterNotFound",
+    "NodeConnectionLost",
     "PromiseInterrupted",
     "ProtocolError",
     "RedisMPXError",
@@ -48,6 +49,21 @@ class ConnectionLost(RedisMPXError):
     """The connection to Redis ended or became unusable (or, told to a subscription, a
     name of it stopped being delivered until its next activation: see
     ``NameDeactivated``)."""
+
+
+class NodeConnectionLost(ConnectionLost):
+    """One cluster node's connection was lost, told to a node-wide subscription: what
+    that node published (its keyspace notifications, say) until the name's next
+    activation there may be missed. ``node`` is its address (``host:port``) and
+    ``cause`` the connection's own error."""
+
+    node: str
+    cause: RedisMPXError
+
+    def __init__(self, node: str, cause: RedisMPXError) -> None:
+        super().__init__(f"node {node}: {cause}")
+        self.node = node
+        self.cause = cause
 
 
 class HealthCheckTimeout(ConnectionLost):
