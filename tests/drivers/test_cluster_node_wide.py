@@ -1,0 +1,116 @@
+"""Node-wide subscriptions on a real Redis Cluster, on every driver: keyspace
+notifications, which each master publishes to its own subscribers only, heard from
+every master exactly once, and from a new master after a failover (docs/cluster.md).
+
+Each test takes a fresh cluster with ``notify-keyspace-events KEA`` on every node (it
+fails a master over). Keys written with a short expiry on each master's slots raise
+``set`` and ``expired`` events there; a key without expiry written last on every
+master is the barrier: once its event has come from a node, so has everything that
+node published before it, on the same connection.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from drivers.conftest import Driver, wait_until
+from drivers.helpers import CLUSTER_FAST, Log, uniq, wait_server
+from redis_cluster import RedisCluster, RedisClusterFactory
+from redis_servers import RedisServer
+
+pytestmark = pytest.mark.server_feature("cluster-shards")
+
+KEYSPACE = "__keyspace@0__:"
+EXPIRED = "__keyevent@0__:expired"
+
+
+def keys_on(cluster: RedisCluster, masters: list[RedisServer], base: str) -> dict[str, RedisServer]:
+    """One key named ``base:<n>`` in each master's slots."""
+    keys: dict[str, RedisServer] = {}
+    index = 0
+    while len(keys) < len(masters):
+        key = f"{base}:{index}"
+        index += 1
+        owner = cluster.owner_of(key)
+        if owner in masters and owner not in keys.values():
+            keys[key] = owner
+    return keys
+
+
+def write(keys: dict[str, RedisServer], *, expire: bool) -> None:
+    for key, master in keys.items():
+        if expire:
+            master.command("SET", key, "v", "PX", 50)
+        else:
+            master.command("SET", key, "v")
+
+
+def test_keyspace_events_of_every_master_once_and_after_a_failover(
+    driver: Driver, redis_cluster_factory: RedisClusterFactory
+) -> None:
+    cluster = redis_cluster_factory(extra_args=("--notify-keyspace-events", "KEA"))
+    prefix = uniq("node-wide")
+    pattern = f"{KEYSPACE}{prefix}*"
+    first = cluster.masters()[0]
+
+    async def body() -> None:
+        log = Log()
+        expired: list[bytes] = []
+        async with driver.module.ClusterMultiplexer(
+            cluster.startup_urls, refresh_interval=0.5, **CLUSTER_FAST
+        ) as mpx:
+            keyspace = mpx.new_node_wide_pattern_subscription(pattern, *log.callbacks())
+            async with mpx.subscribe_node_wide(EXPIRED) as iterator:  # every master confirmed
+
+                async def collect() -> None:
+                    async for message in iterator:
+                        expired.append(message.data)
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(collect)
+                    await wait_until(lambda: len(log.activations) == 3)
+                    assert log.activations == [pattern.encode()] * 3  # once per master
+
+                    async def round_of(tag: str) -> dict[str, RedisServer]:
+                        """Keys expiring on every master, then the barrier keys."""
+                        masters = cluster.masters()
+                        keys = keys_on(cluster, masters, f"{prefix}:{tag}")
+                        barrier = keys_on(cluster, masters, f"{prefix}:{tag}-barrier")
+                        await anyio.to_thread.run_sync(lambda: write(keys, expire=True))
+                        await wait_until(lambda: all(k.encode() in expired for k in keys))
+                        await anyio.to_thread.run_sync(lambda: write(barrier, expire=False))
+                        await wait_until(
+                            lambda: all(
+                                (f"{KEYSPACE}{k}".encode(), b"set") in log.messages
+                                for k in barrier
+                            )
+                        )
+                        return keys
+
+                    before = await round_of("before")
+                    promoted = await anyio.to_thread.run_sync(cluster.failover, first)
+                    # The next refresh finds the new master: one more activation there,
+                    # and the old one, a replica now, is left.
+                    await wait_until(lambda: len(log.activations) == 4, 10)
+                    await wait_server(lambda: promoted.command("PUBSUB", "NUMPAT") == 1)
+                    await wait_server(lambda: first.command("PUBSUB", "NUMPAT") == 0)
+                    after = await round_of("after")
+                    assert any(master is promoted for master in after.values())
+                    group.cancel_scope.cancel()
+
+            # Exactly once per owning node: no event twice, none missed.
+            counted = Counter(log.messages)
+            for key in [*before, *after]:
+                channel = f"{KEYSPACE}{key}".encode()
+                assert counted[channel, b"set"] == 1, key
+                assert counted[channel, b"expired"] == 1, key
+                assert expired.count(key.encode()) == 1, key
+            assert len(expired) == len(before) + len(after)
+            assert log.disconnects == []  # a manual failover loses no connection
+            keyspace.close()
+
+    driver.run(body)
