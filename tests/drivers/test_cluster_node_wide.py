@@ -1,6 +1,7 @@
 """Node-wide subscriptions on a real Redis Cluster, on every driver: keyspace
 notifications, which each master publishes to its own subscribers only, heard from
-every master exactly once, and from a new master after a failover (docs/cluster.md).
+every master exactly once, from the new master after a failover, and from a master
+added to the cluster (docs/cluster.md).
 
 Each test takes a fresh cluster with ``notify-keyspace-events KEA`` on every node (it
 fails a master over). Keys written with a short expiry on each master's slots raise
@@ -29,7 +30,8 @@ EXPIRED = "__keyevent@0__:expired"
 
 
 def keys_on(cluster: RedisCluster, masters: list[RedisServer], base: str) -> dict[str, RedisServer]:
-    """One key named ``base:<n>`` in each master's slots."""
+    """One key named ``base:<n>`` in each master's slots (``base`` with a hash tag: in
+    its slot, whose owner must be the one master given)."""
     keys: dict[str, RedisServer] = {}
     index = 0
     while len(keys) < len(masters):
@@ -49,7 +51,7 @@ def write(keys: dict[str, RedisServer], *, expire: bool) -> None:
             master.command("SET", key, "v")
 
 
-def test_keyspace_events_of_every_master_once_and_after_a_failover(
+def test_keyspace_events_of_every_master_once_after_a_failover_and_on_an_added_master(
     driver: Driver, redis_cluster_factory: RedisClusterFactory
 ) -> None:
     cluster = redis_cluster_factory(extra_args=("--notify-keyspace-events", "KEA"))
@@ -75,11 +77,10 @@ def test_keyspace_events_of_every_master_once_and_after_a_failover(
                     await wait_until(lambda: len(log.activations) == 3)
                     assert log.activations == [pattern.encode()] * 3  # once per master
 
-                    async def round_of(tag: str) -> dict[str, RedisServer]:
-                        """Keys expiring on every master, then the barrier keys."""
-                        masters = cluster.masters()
-                        keys = keys_on(cluster, masters, f"{prefix}:{tag}")
-                        barrier = keys_on(cluster, masters, f"{prefix}:{tag}-barrier")
+                    async def round_of(tag: str, on: list[RedisServer]) -> list[str]:
+                        """A key expiring on each of ``on``, then the barrier keys."""
+                        keys = keys_on(cluster, on, f"{prefix}:{tag}")
+                        barrier = keys_on(cluster, on, f"{prefix}:{tag}-barrier")
                         await anyio.to_thread.run_sync(lambda: write(keys, expire=True))
                         await wait_until(lambda: all(k.encode() in expired for k in keys))
                         await anyio.to_thread.run_sync(lambda: write(barrier, expire=False))
@@ -89,27 +90,34 @@ def test_keyspace_events_of_every_master_once_and_after_a_failover(
                                 for k in barrier
                             )
                         )
-                        return keys
+                        return list(keys)
 
-                    before = await round_of("before")
+                    written = await round_of("before", cluster.masters())
                     promoted = await anyio.to_thread.run_sync(cluster.failover, first)
                     # The next refresh finds the new master: one more activation there,
                     # and the old one, a replica now, is left.
                     await wait_until(lambda: len(log.activations) == 4, 10)
                     await wait_server(lambda: promoted.command("PUBSUB", "NUMPAT") == 1)
                     await wait_server(lambda: first.command("PUBSUB", "NUMPAT") == 0)
-                    after = await round_of("after")
-                    assert any(master is promoted for master in after.values())
+                    written += await round_of("after", [promoted])
+
+                    # A master added, given the slot of the hash tag {added}.
+                    added = await anyio.to_thread.run_sync(cluster.add_master)
+                    slot = cluster.key_slot("added")
+                    await anyio.to_thread.run_sync(cluster.migrate_slot, slot, added)
+                    await wait_until(lambda: len(log.activations) == 5, 10)
+                    await wait_server(lambda: added.command("PUBSUB", "NUMPAT") == 1)
+                    written += await round_of("{added}", [added])
                     group.cancel_scope.cancel()
 
             # Exactly once per owning node: no event twice, none missed.
             counted = Counter(log.messages)
-            for key in [*before, *after]:
+            for key in written:
                 channel = f"{KEYSPACE}{key}".encode()
                 assert counted[channel, b"set"] == 1, key
                 assert counted[channel, b"expired"] == 1, key
                 assert expired.count(key.encode()) == 1, key
-            assert len(expired) == len(before) + len(after)
+            assert len(expired) == len(written)
             assert log.disconnects == []  # a manual failover loses no connection
             keyspace.close()
 
