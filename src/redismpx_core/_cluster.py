@@ -901,6 +901,7 @@ class ClusterCore(Generic[S, P]):
             sub.release_owner()
         self._placements.clear()
         self._carried.clear()
+        self._node_wide.clear()
         self._by_owner.clear()
         self._closed = True
         return events

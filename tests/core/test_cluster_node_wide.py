@@ -3,12 +3,16 @@ pattern held on every master, following the masters as they change (docs/cluster
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, initialize, invariant, rule
 
 from core.fake_cluster import FakeCluster
-from core.test_cluster_core import NODES, Harness, Owner, new_router
+from core.test_cluster_core import NODES, ClusterMachine, Harness, Owner, new_router
 from redismpx_core import (
     MultiplexerCore,
     NodeConnectionLost,
@@ -18,6 +22,7 @@ from redismpx_core import (
 from redismpx_core._cluster import ClusterCore
 from redismpx_core._slots import SLOTS
 from redismpx_core._topology import Node
+from server_matrix import examples
 
 KEYSPACE = b"__keyspace@0__:*"
 EXPIRED = b"__keyevent@0__:expired"
@@ -221,3 +226,101 @@ def test_one_server_is_every_node() -> None:
     core.add(handle, [EXPIRED])
     core.connection_made(0.0)
     assert b"SUBSCRIBE" in core.data_to_send().upper()
+
+
+# ---------------------------------------------------------------- property-tested
+
+WIDE_POOL = [EXPIRED, b"__keyevent@0__:set", b"__keyevent@0__:del"]
+
+
+class NodeWideMachine(ClusterMachine):
+    """The cluster router's state machine with node-wide subscriptions beside the others:
+    after every step each one is placed on exactly the masters of the router's topology,
+    with all its names; once settled (and after a periodic refresh, which is how a
+    master that changed without a lost connection is seen), on the cluster's masters,
+    active, and each master's own messages reach it once."""
+
+    wide = Bundle("wide")
+
+    @initialize()
+    def start(self) -> None:
+        self.wide_model: dict[Any, tuple[Any, set[bytes]]] = {}
+        super().start()
+
+    @rule(target=wide)
+    def open_node_wide(self) -> Owner:
+        self.count += 1
+        owner = Owner(f"w{self.count}")
+        handle = self.router.open_subscription(SubscriptionKind.CHANNEL, owner, node_wide=True)
+        self.wide_model[owner] = (handle, set())
+        return owner
+
+    @rule(owner=wide, names=st.lists(st.sampled_from(WIDE_POOL), max_size=3))
+    def add_node_wide(self, owner: Owner, names: list[bytes]) -> None:
+        if owner in self.wide_model:
+            handle, held = self.wide_model[owner]
+            self.net.take(self.router.add(handle, names))
+            held.update(names)
+
+    @rule(owner=wide, names=st.lists(st.sampled_from(WIDE_POOL), max_size=3))
+    def remove_node_wide(self, owner: Owner, names: list[bytes]) -> None:
+        if owner in self.wide_model:
+            handle, held = self.wide_model[owner]
+            self.router.remove(handle, names)
+            held.difference_update(names)
+
+    @rule(owner=wide)
+    def close_node_wide(self, owner: Owner) -> None:
+        if owner in self.wide_model:
+            handle, _ = self.wide_model.pop(owner)
+            self.net.take(self.router.close_subscription(handle))
+
+    @rule()
+    def periodic_refresh(self) -> None:
+        refreshed(self.router, self.net)
+
+    @invariant()
+    def node_wide_names_are_on_every_master_of_the_topology(self) -> None:
+        router = self.router
+        masters = set(router.topology.masters) if router.topology is not None else set()
+        for handle, held in self.wide_model.values():
+            assert set(handle.names) == held
+            assert all(node is None for node in handle.names.values())
+            placements = router._placements[handle]
+            assert set(placements) <= masters, (handle, set(placements), masters)
+            if held:
+                assert set(placements) == masters, (handle, set(placements), masters)
+            for node, node_handle in placements.items():
+                assert set(node_handle.names) == held, (handle, node)
+                assert handle in router._carried[node]
+
+    def teardown(self) -> None:
+        if not hasattr(self, "router"):
+            return
+        super().teardown()
+        refreshed(self.router, self.net)
+        masters = sorted(masters_of(self.cluster), key=str)
+        for name in WIDE_POOL:
+            holders = sorted(self.cluster.channel_holders(name), key=str)
+            wanted = any(name in held for _, held in self.wide_model.values())
+            assert holders == (masters if wanted else []), (name, holders, masters)
+        for owner, (handle, held) in self.wide_model.items():
+            for name in held:
+                assert self.router.is_active(handle, name), (owner, name)
+        for name in WIDE_POOL:
+            self.net.messages.clear()
+            for node in masters:
+                self.cluster.servers[node].publish(name, str(node).encode())
+            self.net.settle()
+            for owner, (_, held) in self.wide_model.items():
+                got = sorted(p for o, _, p in self.net.messages if o is owner)
+                expected = sorted(str(n).encode() for n in masters) if name in held else []
+                assert got == expected, (owner, name, got)
+
+
+TestNodeWideRouting = NodeWideMachine.TestCase
+TestNodeWideRouting.settings = settings(
+    max_examples=int(os.environ.get("CLUSTER_EXAMPLES", "0")) or examples(30),
+    stateful_step_count=30,
+    deadline=None,
+)
