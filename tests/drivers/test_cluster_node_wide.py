@@ -86,8 +86,7 @@ def test_keyspace_events_of_every_master_once_after_a_failover_and_on_an_added_m
                         await anyio.to_thread.run_sync(lambda: write(barrier, expire=False))
                         await wait_until(
                             lambda: all(
-                                (f"{KEYSPACE}{k}".encode(), b"set") in log.messages
-                                for k in barrier
+                                (f"{KEYSPACE}{k}".encode(), b"set") in log.messages for k in barrier
                             )
                         )
                         return list(keys)
