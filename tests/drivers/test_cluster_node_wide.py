@@ -1,7 +1,8 @@
 """Node-wide subscriptions on a real Redis Cluster, on every driver: keyspace
 notifications, which each master publishes to its own subscribers only, heard from
-every master exactly once, from the new master after a failover, and from a master
-added to the cluster (docs/cluster.md).
+every master exactly once, from the new master after a failover, from a master
+added to the cluster, and from the master that takes over from a killed one, whose
+loss is told naming it (docs/cluster.md).
 
 Each test takes a fresh cluster with ``notify-keyspace-events KEA`` on every node (it
 fails a master over). Keys written with a short expiry on each master's slots raise
@@ -51,7 +52,7 @@ def write(keys: dict[str, RedisServer], *, expire: bool) -> None:
             master.command("SET", key, "v")
 
 
-def test_keyspace_events_of_every_master_once_after_a_failover_and_on_an_added_master(
+def test_keyspace_events_of_every_master_once_through_failovers_and_an_added_master(
     driver: Driver, redis_cluster_factory: RedisClusterFactory
 ) -> None:
     cluster = redis_cluster_factory(extra_args=("--notify-keyspace-events", "KEA"))
@@ -107,6 +108,16 @@ def test_keyspace_events_of_every_master_once_after_a_failover_and_on_an_added_m
                     await wait_until(lambda: len(log.activations) == 5, 10)
                     await wait_server(lambda: added.command("PUBSUB", "NUMPAT") == 1)
                     written += await round_of("{added}", [added])
+
+                    # The promoted master killed: told once, naming it; its replica
+                    # (the first master) takes over and is heard from.
+                    survivor = await anyio.to_thread.run_sync(cluster.kill_master, promoted)
+                    await wait_until(lambda: len(log.activations) == 6, 15)
+                    [lost] = log.disconnects
+                    assert isinstance(lost, driver.module.NodeConnectionLost)
+                    assert isinstance(lost, driver.module.ConnectionLost)
+                    assert lost.node == f"{promoted.host}:{promoted.port}"
+                    written += await round_of("killed", [survivor])
                     group.cancel_scope.cancel()
 
             # Exactly once per owning node: no event twice, none missed.
@@ -117,7 +128,7 @@ def test_keyspace_events_of_every_master_once_after_a_failover_and_on_an_added_m
                 assert counted[channel, b"expired"] == 1, key
                 assert expired.count(key.encode()) == 1, key
             assert len(expired) == len(written)
-            assert log.disconnects == []  # a manual failover loses no connection
+            assert len(log.disconnects) == 1  # the kill's; the failover lost no connection
             keyspace.close()
 
     driver.run(body)
