@@ -862,6 +862,28 @@ class RedisCluster:
         self.wait_stable(max(deadline - time.monotonic(), 0.1))
         return replica
 
+    def add_master(self, timeout: float = _STABLE_TIMEOUT) -> RedisServer:
+        """Start one more node (with the cluster's ``extra_args``) and introduce it to
+        every running node with ``CLUSTER MEET``: it joins as a master of no slot (give
+        it some with :meth:`migrate_slot`). Waits until the cluster is stable; returns it.
+
+        It takes a little over 2 s, Redis' delay before a new master reports
+        ``cluster_state:ok``."""
+        deadline = time.monotonic() + timeout
+        taken = {node.port for node in self.nodes} | {self._bus_port(n) for n in self.nodes}
+        server = self._start_node(len(self.nodes), taken)
+        self.nodes.append(server)
+        [node_id] = _checked(_query(server, ("CLUSTER", "MYID")))
+        self._ids[server] = node_id.decode()
+        meet = [
+            ("CLUSTER", "MEET", HOST, other.port, self._bus_port(other))
+            for other in self.reachable()
+            if other is not server
+        ]
+        _checked(_query(server, *meet))
+        self.wait_stable(max(deadline - time.monotonic(), 0.1))
+        return server
+
     def kill_master(self, master: RedisServer, timeout: float = _STABLE_TIMEOUT) -> RedisServer:
         """SIGKILL ``master``; wait until its replica has been elected in its place and
         the rest of the cluster is stable. Returns the promoted replica.

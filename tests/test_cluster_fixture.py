@@ -388,6 +388,24 @@ def test_remove_node(redis_cluster_factory: RedisClusterFactory, clients: list[R
     cluster.wait_stable()
 
 
+def test_add_master(redis_cluster_factory: RedisClusterFactory) -> None:
+    """A node added joins as a master of no slot, and serves a slot migrated to it."""
+    cluster = redis_cluster_factory(masters=3, replicas_per_master=0)
+    added = cluster.add_master()
+    assert added in cluster.nodes
+    assert cluster.role(added) == "master"
+    assert added not in {owner for _, _, owner in cluster.slot_owners()}
+    assert len(cluster.masters()) == 4
+    key = "fixture-added"
+    slot = cluster.key_slot(key)
+    cluster.migrate_slot(slot, added)
+    assert cluster.owner_of_slot(slot) is added
+    for node in cluster.masters():  # every node sends the key's commands there
+        assert cluster.owner_of_slot(slot, via=node) is added
+    assert cluster.command_for(key, "SET", key, "v") == b"OK"
+    assert added.command("GET", key) == b"v"
+
+
 def test_bus_port_is_separate(redis_cluster: RedisCluster) -> None:
     """Each node has a bus port of its own (``--cluster-port``), so data ports above
     55535 work; CLUSTER NODES shows ``ip:port@busport``."""

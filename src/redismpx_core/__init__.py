@@ -14,6 +14,7 @@ from ._errors import (
     HealthCheckTimeout,
     InactiveSubscription,
     MasterNotFound,
+    NodeConnectionLost,
     NodeLeft,
     PromiseInterrupted,
     ProtocolError,
@@ -97,5 +98,6 @@ __all__ = (
     "ServerError",
     "AuthenticationError",
     "MasterNotFound",
+    "NodeConnectionLost",
     "__version__",
 )

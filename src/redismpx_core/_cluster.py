@@ -107,6 +107,26 @@ subscription among thousands costs what its own names cost, not a scan of all.
 A placement off the home is closed as soon as it has no names left (the home's
 stay, as the home connection does: names come and go there).
 
+Node-wide subscriptions
+-----------------------
+
+A channel or pattern subscription opened ``node_wide`` is held on *every master* of
+the topology, not on the home: what a node publishes only to its own subscribers
+(``__keyspace@0__:*`` and ``__keyevent@0__:*`` notifications) is heard from each. Its
+names are kept once, in the user's handle, with ``None`` as their node (they ride every
+master); where they are subscribed is the subscription's placements, one per master,
+and nothing else: each refresh compares them with the topology's masters, places every
+name on a master without a placement (a new master, or a replica promoted by a
+failover) and closes the placements on nodes that are no longer masters. Until the
+topology is known the names wait, held, not yet sent. A move of the home leaves them
+alone.
+
+Each placement is an ordinary handle in its node's core, so the notices are per node:
+a master's core tells ``NamesActivated`` when that master confirms the names (so a name
+is activated once per master, and again on a new master), and ``SubscriptionDisconnected``
+when that master's connection is lost, with a :class:`NodeConnectionLost` naming it.
+A name is active (:meth:`ClusterCore.is_active`) when every master has confirmed it.
+
 A name a node refuses for good (``NOPERM`` under ACLs: any refusal that is not a
 redirect) has left the node's handle; it leaves the user's too, as on one server,
 and the refusal goes on to the front end. A later ``add`` then subscribes it again,
@@ -123,6 +143,7 @@ from ._backoff import Backoff
 from ._core import MultiplexerCore
 from ._errors import (
     InactiveSubscription,
+    NodeConnectionLost,
     NodeLeft,
     PromiseInterrupted,
     ProtocolError,
@@ -216,6 +237,8 @@ class ClusterCore(Generic[S, P]):
         self._placements: dict[SubscriptionHandle[S, P], dict[Node, SubscriptionHandle[S, P]]] = {}
         # The same placements by node: the user handles each node core has a handle for.
         self._carried: dict[Node, dict[SubscriptionHandle[S, P], None]] = {}
+        # The node-wide subscriptions: held on every master (see "Node-wide subscriptions").
+        self._node_wide: dict[SubscriptionHandle[S, P], None] = {}
         # Events name owners: the user handle an owner's event is about.
         self._by_owner: dict[S, SubscriptionHandle[S, P]] = {}
         self._closed = False
@@ -305,15 +328,24 @@ class ClusterCore(Generic[S, P]):
 
     # ------------------------------------------------------------------ subscriptions
 
-    def open_subscription(self, kind: SubscriptionKind, owner: S) -> SubscriptionHandle[S, P]:
-        """A new, empty channel, pattern or shard subscription."""
+    def open_subscription(
+        self, kind: SubscriptionKind, owner: S, *, node_wide: bool = False
+    ) -> SubscriptionHandle[S, P]:
+        """A new, empty channel, pattern or shard subscription; a ``node_wide`` channel
+        or pattern one is held on every master (see "Node-wide subscriptions")."""
         self._check_open()
+        if node_wide and kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.PATTERN):
+            raise ValueError(
+                f"a node-wide subscription is a channel or pattern one, not {kind.value}"
+            )
         if kind is SubscriptionKind.PROMISE:
             raise ValueError("use open_promise_subscription() for promise subscriptions")
         handle: SubscriptionHandle[S, P] = SubscriptionHandle(kind, owner)
         self._placements[handle] = {}
         self._by_owner[owner] = handle
-        if kind is SubscriptionKind.CHANNEL:
+        if node_wide:
+            self._node_wide[handle] = None
+        elif kind is SubscriptionKind.CHANNEL:
             self._node_handle(handle, self._home)  # so that the home connection opens
         return handle
 
@@ -327,9 +359,10 @@ class ClusterCore(Generic[S, P]):
     def add_pattern(self, sub: SubscriptionHandle[S, P], pattern: object) -> list[Event[S, P]]:
         self._check_sub(sub)
         name = pattern_to_add(sub, pattern)
-        events = self._subscriber(self._home).add_pattern(self._node_handle(sub, self._home), name)
         sub.names[name] = None
-        return events
+        if sub in self._node_wide:
+            return self._add_everywhere(sub, [name])
+        return self._subscriber(self._home).add_pattern(self._node_handle(sub, self._home), name)
 
     def open_promise_subscription(
         self, prefix: object, owner: S
@@ -355,6 +388,9 @@ class ClusterCore(Generic[S, P]):
         if sub.kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.SHARD):
             raise TypeError(f"a {sub.kind.value} subscription has a fixed name")
         new = [name for name in coerce_names(names, "channel") if name not in sub.names]
+        if sub in self._node_wide:
+            sub.names.update(dict.fromkeys(new))
+            return self._add_everywhere(sub, new)
         if sub.kind is SubscriptionKind.CHANNEL:
             events = self._subscriber(self._home).add(self._node_handle(sub, self._home), new)
             sub.names.update(dict.fromkeys(new))
@@ -368,6 +404,27 @@ class ClusterCore(Generic[S, P]):
             else:
                 events += self._subscriber(node).add(self._node_handle(sub, node), group)
         return events
+
+    def _add_everywhere(
+        self, sub: SubscriptionHandle[S, P], names: list[bytes]
+    ) -> list[Event[S, P]]:
+        """Subscribe a node-wide subscription's ``names`` on every master (on none while
+        the topology is unknown: the next refresh places them)."""
+        events: list[Event[S, P]] = []
+        if names:
+            for node in self._masters():
+                events += self._add_on(sub, node, names)
+        return events
+
+    def _add_on(
+        self, sub: SubscriptionHandle[S, P], node: Node, names: list[bytes]
+    ) -> list[Event[S, P]]:
+        if sub.kind is SubscriptionKind.PATTERN:
+            return self._subscriber(node).add_pattern(self._node_handle(sub, node), names[0])
+        return self._subscriber(node).add(self._node_handle(sub, node), names)
+
+    def _masters(self) -> tuple[Node, ...]:
+        return self.topology.masters if self.topology is not None else ()
 
     def remove(self, sub: SubscriptionHandle[S, P], names: Iterable[object]) -> None:
         """Remove names from a channel or shard subscription (names it lacks are ignored)."""
@@ -386,11 +443,13 @@ class ClusterCore(Generic[S, P]):
         held = {name: sub.names.pop(name) for name in names if name in sub.names}
         if not held:
             return
-        if sub.kind is SubscriptionKind.CHANNEL:
-            groups: dict[Node | None, list[bytes]] = {self._home: list(held)}
+        placement = self._placements[sub]
+        if sub in self._node_wide:
+            groups: dict[Node | None, list[bytes]] = {node: list(held) for node in placement}
+        elif sub.kind is SubscriptionKind.CHANNEL:
+            groups = {self._home: list(held)}
         else:
             groups = _by_node(held)
-        placement = self._placements[sub]
         for node, group in groups.items():
             if node is not None:
                 self._subscribers[node].remove(placement[node], group)
@@ -404,6 +463,7 @@ class ClusterCore(Generic[S, P]):
         for node, node_handle in self._placements.pop(sub).items():
             events += self._subscribers[node].close_subscription(node_handle)
             self._uncarry(sub, node)
+        self._node_wide.pop(sub, None)
         del self._by_owner[sub.owner]
         sub.names.clear()
         sub.closed = True
@@ -428,6 +488,14 @@ class ClusterCore(Generic[S, P]):
     def is_active(self, sub: SubscriptionHandle[S, P], name: bytes) -> bool:
         if name not in sub.names:
             return False
+        if sub in self._node_wide:
+            # Active once every master has confirmed it.
+            placements = self._placements[sub]
+            masters = self._masters()
+            return bool(masters) and all(
+                node in placements and self._subscribers[node].is_active(placements[node], name)
+                for node in masters
+            )
         node = sub.names[name] if sub.kind is SubscriptionKind.SHARD else self._home
         if node is None:
             return False
@@ -583,6 +651,12 @@ class ClusterCore(Generic[S, P]):
             elif isinstance(event, NameRejected):
                 if role == "subscriber" and self._rejected(event, node):
                     continue
+            elif isinstance(event, SubscriptionDisconnected):
+                sub = self._by_owner.get(event.subscriber)
+                if sub is not None and sub in self._node_wide:
+                    event = SubscriptionDisconnected(
+                        event.subscriber, NodeConnectionLost(node, event.error)
+                    )
             elif (
                 isinstance(event, CommandCompleted | CommandFailed)
                 and role == "commands"
@@ -766,6 +840,7 @@ class ClusterCore(Generic[S, P]):
             home is None or home.state is not ConnectionState.READY
         ):
             events += self._move_home(topology.masters[0] if topology.masters else self._home)
+        events += self._follow_masters(topology.masters)
         for node in [n for n in self._commanders if n != self._control]:
             if node not in topology.masters:
                 self._close_core(self._commanders.pop(node))
@@ -782,6 +857,20 @@ class ClusterCore(Generic[S, P]):
         left = tuple(node for node in self._listed if node not in members)
         self._listed = members
         return left
+
+    def _follow_masters(self, masters: tuple[Node, ...]) -> list[Event[S, P]]:
+        """Every node-wide subscription on exactly ``masters``: placed on a master that
+        lacks it, closed on a node that is no longer one."""
+        events: list[Event[S, P]] = []
+        for sub in self._node_wide:
+            placements = self._placements[sub]
+            for node in [n for n in placements if n not in masters]:
+                events += self._unplace(sub, node)
+            if sub.names:
+                for node in masters:
+                    if node not in placements:
+                        events += self._add_on(sub, node, list(sub.names))
+        return events
 
     def _move(
         self,
@@ -808,6 +897,13 @@ class ClusterCore(Generic[S, P]):
         if sub is None:
             return False
         # Only a name the store places on ``node`` is the router's to act on.
+        if sub in self._node_wide:
+            # Refused on one master, refused on all (one ACL): the name leaves the
+            # handle and every placement, and the subscriber hears it once.
+            if name not in sub.names or node not in self._placements[sub]:
+                return True
+            self._remove(sub, [name])
+            return False
         if sub.kind is SubscriptionKind.SHARD:
             if sub.names.get(name) != node:
                 return False
@@ -853,6 +949,8 @@ class ClusterCore(Generic[S, P]):
         self._subscriber(new)  # the home connection is always up
         events: list[Event[S, P]] = []
         for sub in list(self._carried.get(old, ())):
+            if sub in self._node_wide:
+                continue  # it rides every master, whichever is home
             if sub.kind is SubscriptionKind.SHARD:
                 self._release(sub, old)  # its names ride their slot's owner, not the home
                 continue
@@ -888,6 +986,7 @@ class ClusterCore(Generic[S, P]):
             sub.release_owner()
         self._placements.clear()
         self._carried.clear()
+        self._node_wide.clear()
         self._by_owner.clear()
         self._closed = True
         return events

@@ -212,9 +212,19 @@ class MultiplexerCore(Generic[S, P]):
 
     # ------------------------------------------------------------------ subscriptions
 
-    def open_subscription(self, kind: SubscriptionKind, owner: S) -> SubscriptionHandle[S, P]:
-        """A new, empty channel, pattern or shard subscription."""
+    def open_subscription(
+        self, kind: SubscriptionKind, owner: S, *, node_wide: bool = False
+    ) -> SubscriptionHandle[S, P]:
+        """A new, empty channel, pattern or shard subscription.
+
+        ``node_wide`` (held on every master of a cluster: see :class:`ClusterCore`)
+        changes nothing here: one server is every node there is.
+        """
         self._check_open()
+        if node_wide and kind not in (SubscriptionKind.CHANNEL, SubscriptionKind.PATTERN):
+            raise ValueError(
+                f"a node-wide subscription is a channel or pattern one, not {kind.value}"
+            )
         if kind is SubscriptionKind.PROMISE:
             raise ValueError("use open_promise_subscription() for promise subscriptions")
         sub: SubscriptionHandle[S, P] = SubscriptionHandle(kind, owner)

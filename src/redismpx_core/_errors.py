@@ -20,6 +20,7 @@ __all__ = (
     "HealthCheckTimeout",
     "InactiveSubscription",
     "MasterNotFound",
+    "NodeConnectionLost",
     "NodeLeft",
     "PromiseInterrupted",
     "ProtocolError",
@@ -54,6 +55,25 @@ class ConnectionLost(RedisMPXError):
     """The connection to Redis ended or became unusable (or, told to a subscription, a
     name of it stopped being delivered until its next activation: see
     ``NameDeactivated``)."""
+
+
+class NodeConnectionLost(ConnectionLost):
+    """One cluster node's connection was lost, told to a node-wide subscription: what
+    that node published (its keyspace notifications, say) until the name's next
+    activation there may be missed. ``node`` is its address (a ``Node``: ``host`` and
+    ``port``, ``str(node)`` is ``host:port``, as in :class:`NodeLeft`) and ``cause`` the
+    connection's own error."""
+
+    node: Node
+    cause: RedisMPXError
+
+    def __init__(self, node: Node, cause: RedisMPXError) -> None:
+        super().__init__(f"node {node}: {cause}")
+        self.node = node
+        self.cause = cause
+
+    def __reduce__(self) -> tuple[type[NodeConnectionLost], tuple[Node, RedisMPXError]]:
+        return (NodeConnectionLost, (self.node, self.cause))
 
 
 class HealthCheckTimeout(ConnectionLost):

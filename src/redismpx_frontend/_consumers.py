@@ -112,6 +112,8 @@ class CallbackConsumer:
         on_activation: ActivationCallback | None,
         buffer_size: int | None,
         overflow: OverflowPolicy | str | None,
+        *,
+        node_wide: bool = False,
     ) -> None:
         _check_callable("on_message", on_message)
         _check_callable("on_disconnect", on_disconnect, optional=True)
@@ -130,7 +132,7 @@ class CallbackConsumer:
         # with the multiplexer's settings, unless the subscription has its own.
         own = buffer_size is not None or overflow is not None
         self.queue = _TaskQueue(size, policy) if queued or own else None
-        self.handle: Handle = engine.router.open_subscription(kind, self)
+        self.handle: Handle = engine.router.open_subscription(kind, self, node_wide=node_wide)
 
     # ---- the dispatcher's calls (the Subscriber protocol): never block, never raise
 

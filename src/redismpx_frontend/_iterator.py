@@ -41,7 +41,17 @@ ITERATOR_CHECKPOINT_EVERY = 1024
 class IteratorFeed:
     """The owner of an entered iterator's core handle: the dispatcher's side of it."""
 
-    __slots__ = ("engine", "error", "handle", "items", "names", "queue", "signal", "waiting")
+    __slots__ = (
+        "engine",
+        "error",
+        "handle",
+        "items",
+        "names",
+        "node_wide",
+        "queue",
+        "signal",
+        "waiting",
+    )
 
     #: The dispatcher hands an iterator every run as shared Message objects.
     queued = True
@@ -53,12 +63,14 @@ class IteratorFeed:
         names: list[bytes],
         size: int,
         policy: OverflowPolicy,
+        node_wide: bool = False,
     ) -> None:
         self.engine = engine
+        self.node_wide = node_wide
         self.queue = DeliveryQueue(size, policy)
         self.signal: Signal = engine.backend.new_signal()
         self.error: RedisMPXError | None = None
-        self.handle: Handle = engine.router.open_subscription(kind, self)
+        self.handle: Handle = engine.router.open_subscription(kind, self, node_wide=node_wide)
         # The queue's items and the handle's names, for the hot path (neither is ever
         # replaced, only changed in place).
         self.items = self.queue.items
@@ -90,6 +102,10 @@ class IteratorFeed:
     def activated(self, names: list[bytes]) -> None:
         waiting = self.waiting
         if waiting:
+            if self.node_wide:
+                # One node confirmed them: entering waits for every master.
+                is_active = self.engine.router.is_active
+                names = [name for name in names if is_active(self.handle, name)]
             waiting.difference_update(names)
             if not waiting:
                 self.signal.set()
@@ -127,7 +143,17 @@ class MessageIterator:
     iteration ends.
     """
 
-    __slots__ = ("_closed", "_counter", "_engine", "_feed", "_kind", "_names", "_policy", "_size")
+    __slots__ = (
+        "_closed",
+        "_counter",
+        "_engine",
+        "_feed",
+        "_kind",
+        "_names",
+        "_node_wide",
+        "_policy",
+        "_size",
+    )
 
     def __init__(
         self,
@@ -136,8 +162,11 @@ class MessageIterator:
         names: Iterable[object],
         buffer_size: int | None,
         overflow: OverflowPolicy | str | None,
+        *,
+        node_wide: bool = False,
     ) -> None:
         self._size, self._policy = buffer_options(engine.settings, buffer_size, overflow)
+        self._node_wide = node_wide
         if kind is SubscriptionKind.PATTERN:
             patterns = list(names)
             self._names = [coerce_name(patterns[0], "pattern")] if patterns else []
@@ -163,7 +192,9 @@ class MessageIterator:
             raise RuntimeError("an iterator is entered once")
         engine = self._engine
         engine.check_usable()
-        feed = self._feed = IteratorFeed(engine, self._kind, self._names, self._size, self._policy)
+        feed = self._feed = IteratorFeed(
+            engine, self._kind, self._names, self._size, self._policy, self._node_wide
+        )
         try:
             await engine.backend.checkpoint()
             while feed.waiting and feed.error is None:

@@ -175,6 +175,62 @@ class MultiplexerAPI:
         )
         return PatternSubscription(consumer, name)
 
+    def new_node_wide_channel_subscription(
+        self,
+        on_message: MessageCallback,
+        on_disconnect: DisconnectCallback | None = None,
+        on_activation: ActivationCallback | None = None,
+        *,
+        buffer_size: int | None = None,
+        overflow: OverflowPolicy | str | None = None,
+    ) -> ChannelSubscription:
+        """A channel subscription held on every master of a cluster, for what each node
+        publishes to its own subscribers only (``__keyevent@0__:expired``, say).
+
+        ``on_activation(name)`` fires once per master that confirms a name, and
+        ``on_disconnect`` once per master whose connection is lost, with a
+        :class:`NodeConnectionLost` naming it: that node's notifications may have been
+        missed until its next activation. On a :class:`Multiplexer` (one server) it is
+        an ordinary channel subscription. See docs/cluster.md.
+        """
+        return ChannelSubscription(
+            CallbackConsumer(
+                self._engine,
+                SubscriptionKind.CHANNEL,
+                on_message,
+                on_disconnect,
+                on_activation,
+                buffer_size,
+                overflow,
+                node_wide=True,
+            )
+        )
+
+    def new_node_wide_pattern_subscription(
+        self,
+        pattern: str | bytes,
+        on_message: MessageCallback,
+        on_disconnect: DisconnectCallback | None = None,
+        on_activation: ActivationCallback | None = None,
+        *,
+        buffer_size: int | None = None,
+        overflow: OverflowPolicy | str | None = None,
+    ) -> PatternSubscription:
+        """A pattern subscription held on every master of a cluster (``__keyspace@0__:*``,
+        say): see :meth:`new_node_wide_channel_subscription`."""
+        name = coerce_name(pattern, "pattern")
+        consumer = CallbackConsumer(
+            self._engine,
+            SubscriptionKind.PATTERN,
+            on_message,
+            on_disconnect,
+            on_activation,
+            buffer_size,
+            overflow,
+            node_wide=True,
+        )
+        return PatternSubscription(consumer, name)
+
     def new_promise_subscription(self, prefix: str | bytes) -> PromiseSubscription:
         """Networked promises on channels that start with ``prefix``."""
         return PromiseSubscription(self._engine, prefix)
@@ -214,6 +270,32 @@ class MultiplexerAPI:
         """``async with mpx.ssubscribe("user:{42}") as it: ...`` (Redis 7+)."""
         return MessageIterator(
             self._engine, SubscriptionKind.SHARD, channels, buffer_size, overflow
+        )
+
+    def subscribe_node_wide(
+        self,
+        *channels: str | bytes,
+        buffer_size: int | None = None,
+        overflow: OverflowPolicy | str | None = None,
+    ) -> MessageIterator:
+        """:meth:`subscribe` on every master of a cluster (see
+        :meth:`new_node_wide_channel_subscription`); entering waits until every master
+        has confirmed every channel."""
+        return MessageIterator(
+            self._engine, SubscriptionKind.CHANNEL, channels, buffer_size, overflow, node_wide=True
+        )
+
+    def psubscribe_node_wide(
+        self,
+        pattern: str | bytes,
+        *,
+        buffer_size: int | None = None,
+        overflow: OverflowPolicy | str | None = None,
+    ) -> MessageIterator:
+        """:meth:`psubscribe` on every master of a cluster; entering waits until every
+        master has confirmed the pattern."""
+        return MessageIterator(
+            self._engine, SubscriptionKind.PATTERN, [pattern], buffer_size, overflow, node_wide=True
         )
 
     # ---- the connection

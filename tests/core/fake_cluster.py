@@ -67,6 +67,11 @@ class FakeCluster:
                 self.move_slot(slot, new)
         self.replica_of[old] = new
 
+    def add_node(self, node: Node) -> None:
+        """A new node joins, with no slot yet (a master once :meth:`move_slot` gives it one)."""
+        self.nodes.append(node)
+        self.servers[node] = _FakeNode(self, node)
+
     def kill(self, node: Node) -> None:
         """The node dies: its connections close, and its slots go to the next live node."""
         self.down.add(node)
