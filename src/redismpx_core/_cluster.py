@@ -66,7 +66,12 @@ A node that leaves a cluster (``CLUSTER FORGET`` on every other node, then
 cluster's PUBLISHes: names left on it go deaf without a word. The router sees it
 leave in the topology: a topology from ``CLUSTER SHARDS`` lists every member,
 slot-less masters and replicas included, and a node an earlier topology listed that
-this one does not has left. If it is the home, the home moves to the first master,
+the topologies have stopped listing has left, once that has held for
+:data:`LEAVE_CONFIRM_SECONDS` and two answers (while a failover settles, a node asked
+may leave a member out of every shard for a moment; the next query is made when the
+absence can be confirmed); and only a topology that serves every slot counts, since
+mid-failover a node asked may take both the old master and the new one for replicas,
+and then lists neither, nor their slots. If it is the home, the home moves to the first master,
 and each subscription there hears :class:`~redismpx_core.NodeLeft` (a
 ``ConnectionLost``: the names stopped being delivered until their next activation)
 before its names are activated on the new home; its pending promises fail with
@@ -172,7 +177,7 @@ from ._handles import (
 from ._lifecycle import ConnectionState
 from ._names import coerce_name, coerce_names
 from ._policy import CLUSTER_NODE, REDIRECT_CODES
-from ._slots import key_slot
+from ._slots import SLOTS, key_slot
 from ._statistics import Statistics
 from ._topology import Node, Topology, parse_cluster_shards, parse_cluster_slots
 
@@ -190,6 +195,11 @@ MIN_REFRESH_INTERVAL: Final = 0.1
 #: just after a failover may not have heard of it, and the old master, now a replica,
 #: would take the names back and serve them second-hand.
 DISTRUST_REFRESHES: Final = 10
+#: Seconds a member must stay missing from the topologies (asked at least twice in
+#: that time) before the router takes it as gone: while a failover settles, the node
+#: asked may list a member under no shard for a moment (a replica whose master it no
+#: longer takes for one), and a home moved on that word would be moved for nothing.
+LEAVE_CONFIRM_SECONDS: Final = 2.0
 
 
 class ClusterCore(Generic[S, P]):
@@ -219,6 +229,8 @@ class ClusterCore(Generic[S, P]):
         self._known: dict[Node, None] = dict.fromkeys(self._startup)
         # Nodes a believed topology listed as members (see "Whose word counts").
         self._listed: set[Node] = set()
+        #: Members missing from the latest topologies: since when, in how many.
+        self._missing: dict[Node, tuple[float, int]] = {}
         self._random = random
         self._core_options = core_options
         # Fail now, not when the first node is contacted, if an option is wrong.
@@ -799,7 +811,7 @@ class ClusterCore(Generic[S, P]):
             self._refresh_wanted = True
             return []
         self.refreshes += 1
-        return self._apply(topology)
+        return self._apply(topology, now)
 
     def _next_candidate(self, node: Node) -> Node:
         """The node after ``node`` among those known: the topology's masters and replicas,
@@ -809,11 +821,11 @@ class ClusterCore(Generic[S, P]):
         position = candidates.index(node) if node in candidates else -1
         return candidates[(position + 1) % len(candidates)]
 
-    def _apply(self, topology: Topology) -> list[Event[S, P]]:
+    def _apply(self, topology: Topology, now: float) -> list[Event[S, P]]:
         """Move every shard name whose slot changed owner, and the home's names if its
         node left the cluster; drop what is left idle."""
         self.topology = topology
-        left = self._left(topology)
+        left = self._left(topology, now)
         for node in left:
             self._known.pop(node, None)
         self._known.update(dict.fromkeys(topology.nodes))
@@ -848,15 +860,37 @@ class ClusterCore(Generic[S, P]):
             self._drop_if_idle(node)  # the masters changed
         return events
 
-    def _left(self, topology: Topology) -> tuple[Node, ...]:
-        """The nodes an earlier topology listed as members and ``topology`` does not: they
-        left the cluster. None when ``topology`` does not list members (CLUSTER SLOTS)."""
+    def _left(self, topology: Topology, now: float) -> tuple[Node, ...]:
+        """The members an earlier topology listed that the topologies have not listed
+        since, for :data:`LEAVE_CONFIRM_SECONDS` and at least two answers: they left the
+        cluster. None when ``topology`` does not list members (CLUSTER SLOTS)."""
         if topology.members is None:
             return ()
         members = set(topology.members)
-        left = tuple(node for node in self._listed if node not in members)
-        self._listed = members
-        return left
+        if sum(last - first + 1 for first, last, _ in topology.ranges) != SLOTS:
+            # A view in flux, not evidence: mid-failover, a node may take both the old
+            # master and the new one for replicas, and then lists neither, nor their
+            # slots. A node leaves a cluster that serves every slot.
+            self._listed |= members
+            return ()
+        left: list[Node] = []
+        for node in self._listed - members:
+            since, answers = self._missing.get(node, (now, 0))
+            if answers >= 1 and now - since >= LEAVE_CONFIRM_SECONDS:
+                del self._missing[node]
+                left.append(node)
+            else:
+                self._missing[node] = (since, answers + 1)
+        for node in members:
+            self._missing.pop(node, None)
+        self._listed = members | self._missing.keys()
+        if self._missing:
+            # Ask again when the first absence can be confirmed, not a whole
+            # refresh_interval later.
+            due = min(since for since, _ in self._missing.values()) + LEAVE_CONFIRM_SECONDS
+            if self._next_periodic is None or due < self._next_periodic:
+                self._next_periodic = due
+        return tuple(left)
 
     def _follow_masters(self, masters: tuple[Node, ...]) -> list[Event[S, P]]:
         """Every node-wide subscription on exactly ``masters``: placed on a master that

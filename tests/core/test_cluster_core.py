@@ -50,7 +50,7 @@ from redismpx_core import (
     SubscriptionClosed,
     SubscriptionKind,
 )
-from redismpx_core._cluster import ClusterCore, ConnectionKey
+from redismpx_core._cluster import LEAVE_CONFIRM_SECONDS, ClusterCore, ConnectionKey
 from redismpx_core._slots import key_slot
 from redismpx_core._topology import Node
 from server_matrix import examples
@@ -765,6 +765,66 @@ def test_a_home_move_does_not_carry_refused_names() -> None:
         router.new_promise(promises, b"1", 1.0, net.now, Owner("promise"))
 
 
+def test_a_member_missing_from_one_answer_is_not_taken_as_gone() -> None:
+    """While a failover settles, the node asked may list a member under no shard for a
+    moment: a home missing from one topology, and listed again before
+    LEAVE_CONFIRM_SECONDS have passed, keeps its names, and nobody is told anything."""
+    cluster = FakeCluster(NODES)
+    router = ClusterCore(
+        NODES, random=lambda: 0.5, health_check_interval=None, refresh_interval=2.0
+    )
+    net = Harness(cluster, router)
+    owner = Owner("c")
+    channels = router.open_subscription(SubscriptionKind.CHANNEL, owner)
+    net.take(router.add(channels, [b"news"]))
+    net.settle(horizon=1.0)
+    home = router.home
+    cluster.empty(home, NODES[1])
+    net.settle(horizon=1.0)
+    cluster.remove(home)  # the other nodes leave it out of their answers...
+    net.now = router.next_deadline()  # type: ignore[assignment]  # the periodic refresh
+    net.take(router.handle_timeout(net.now))
+    net.settle(horizon=1.0)
+    assert router.home == home
+    cluster.removed.discard(home)  # ...and list it again at the next one
+    for _ in range(3):  # the confirming query, and the periodic ones after it
+        net.now = router.next_deadline()  # type: ignore[assignment]
+        net.take(router.handle_timeout(net.now))
+        net.settle(horizon=1.0)
+    assert net.now > LEAVE_CONFIRM_SECONDS + 2.0
+    assert router.home == home
+    assert net.disconnects[owner] == 0
+    assert net.activations[owner, b"news"] == 1
+    assert cluster.publish(b"news", b"heard") == 1
+
+
+def test_a_member_missing_with_its_slots_is_not_taken_as_gone() -> None:
+    """Mid-failover a node asked may take both the old master and the new one for
+    replicas, and then lists neither, nor their slots: a topology that leaves slots
+    unserved is not evidence of a departure, however long it lasts."""
+    cluster = FakeCluster(NODES)
+    router = ClusterCore(
+        NODES, random=lambda: 0.5, health_check_interval=None, refresh_interval=2.0
+    )
+    net = Harness(cluster, router)
+    owner = Owner("c")
+    channels = router.open_subscription(SubscriptionKind.CHANNEL, owner)
+    net.take(router.add(channels, [b"news"]))
+    net.settle(horizon=1.0)
+    home = router.home
+    assert home in cluster.owners
+    cluster.removed.add(home)  # left out of every answer, with the slots it serves
+    for _ in range(4):  # well past LEAVE_CONFIRM_SECONDS, a query every refresh
+        net.now = router.next_deadline()  # type: ignore[assignment]
+        net.take(router.handle_timeout(net.now))
+        net.settle(horizon=1.0)
+    assert net.now > LEAVE_CONFIRM_SECONDS + 4.0
+    assert router.home == home
+    assert net.disconnects[owner] == 0
+    cluster.removed.discard(home)
+    assert cluster.publish(b"news", b"heard") == 1
+
+
 def test_the_home_leaves_the_cluster_with_its_connection_up() -> None:
     """The home (and control) is emptied of its slots, then forgotten by the others and
     reset: its connection stays up but no PUBLISH reaches it. The periodic refresh asks
@@ -802,6 +862,12 @@ def test_the_home_leaves_the_cluster_with_its_connection_up() -> None:
     net.take(router.handle_timeout(net.now))
     net.settle(horizon=1.0)
     assert cluster.shards_queries >= queries + 2  # the home's word, then another node's
+    assert router.home == home  # one answer without it: not yet taken as gone
+    asked = net.now
+    net.now = router.next_deadline()  # type: ignore[assignment]  # asked again to confirm
+    assert net.now - asked <= LEAVE_CONFIRM_SECONDS + router.min_refresh_interval
+    net.take(router.handle_timeout(net.now))
+    net.settle(horizon=1.0)
     assert router.home != home
     assert router.topology is not None
     assert router.topology.masters == tuple(NODES[1:])

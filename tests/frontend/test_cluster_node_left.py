@@ -33,7 +33,7 @@ def test_the_home_leaves_and_its_subscriptions_move(new_loop: Callable[..., Fake
     home = NODES[0]  # the first startup node
     cluster.empty(home, NODES[1])
     cluster.remove(home)
-    for _ in range(3):  # past one periodic refresh, and the queries it leads to
+    for _ in range(6):  # past one periodic refresh, and the queries that confirm the departure
         loop.advance(1.0)
         running.settle()
     kinds = [kind for kind, _ in told]
