@@ -241,6 +241,10 @@ class ClusterCore(Generic[S, P]):
         ):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
+        if not isinstance(shard_subscriptions, str):
+            raise TypeError(
+                f"shard_subscriptions must be a str, got {type(shard_subscriptions).__name__}"
+            )
         if shard_subscriptions not in SHARD_SUBSCRIPTIONS:
             raise ValueError(
                 f"shard_subscriptions must be one of {', '.join(map(repr, SHARD_SUBSCRIPTIONS))}, "

@@ -167,6 +167,9 @@ def test_a_replica_that_redirects_is_followed_to_the_master() -> None:
 
 
 def test_bad_shard_subscriptions_value() -> None:
-    for wrong in ("replica", "", None, 1):
-        with pytest.raises(ValueError, match="shard_subscriptions"):
+    for wrong in ("replica", "", "Masters"):
+        with pytest.raises(ValueError, match="shard_subscriptions must be one of"):
             ClusterCore(NODES, random=lambda: 0.5, shard_subscriptions=wrong)  # type: ignore[arg-type]
+    for wrong_type in (None, 1, b"replicas"):
+        with pytest.raises(TypeError, match="shard_subscriptions must be a str"):
+            ClusterCore(NODES, random=lambda: 0.5, shard_subscriptions=wrong_type)  # type: ignore[arg-type]

@@ -128,3 +128,5 @@ def test_shard_names_on_replicas_follow_the_cluster(
 def test_a_wrong_shard_subscriptions_value_is_refused(driver: Driver) -> None:
     with pytest.raises(ValueError, match="shard_subscriptions"):
         driver.module.ClusterMultiplexer(["redis://h:7000"], shard_subscriptions="replica")
+    with pytest.raises(TypeError, match="shard_subscriptions"):
+        driver.module.ClusterMultiplexer(["redis://h:7000"], shard_subscriptions=None)
