@@ -4,16 +4,21 @@ and moved when a replica dies, a master fails over or a slot migrates (docs/clus
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import initialize, precondition, rule
 
 from core.fake_cluster import FakeCluster
-from core.test_cluster_core import NODES, POOL, Harness, Owner
+from core.test_cluster_core import NODES, POOL, ClusterMachine, Harness, Owner
 from redismpx_core import SubscriptionKind
 from redismpx_core._cluster import ClusterCore
 from redismpx_core._slots import key_slot
 from redismpx_core._topology import Node
+from server_matrix import examples
 
 NAMES = POOL + [b"n%d" % i for i in range(12)]
 # Two replicas for the first master, one for the second, none for the third.
@@ -21,6 +26,7 @@ REPLICAS = {
     NODES[0]: [Node("10.0.1.1", 7101), Node("10.0.1.2", 7102)],
     NODES[1]: [Node("10.0.2.1", 7201)],
 }
+ALL_REPLICAS = [replica for replicas in REPLICAS.values() for replica in replicas]
 
 
 def replicated(
@@ -173,3 +179,102 @@ def test_bad_shard_subscriptions_value() -> None:
     for wrong_type in (None, 1, b"replicas"):
         with pytest.raises(TypeError, match="shard_subscriptions must be a str"):
             ClusterCore(NODES, random=lambda: 0.5, shard_subscriptions=wrong_type)  # type: ignore[arg-type]
+
+
+class ReplicaMachine(ClusterMachine):
+    """The routing machine of test_cluster_core on a cluster with replicas and
+    ``shard_subscriptions="replicas"``: replicas also die, come back and take over."""
+
+    @initialize()
+    def start(self) -> None:
+        super().start()
+        self.cluster = FakeCluster(NODES)
+        for master, replicas in REPLICAS.items():
+            for replica in replicas:
+                self.cluster.add_replica(master, replica)
+        self.router = ClusterCore(
+            NODES[:1],
+            random=lambda: 0.5,
+            health_check_interval=None,
+            backoff_base=0.01,
+            shard_subscriptions="replicas",
+        )
+        self.net = Harness(self.cluster, self.router)
+        self.net.on_rejected = self.rejected
+        self.net.settle()
+
+    @rule(name=st.sampled_from(POOL), node=st.sampled_from(NODES))
+    def migrate(self, name: bytes, node: Node) -> None:
+        if node in self.cluster.nodes:  # (a master promoted away is a replica now)
+            super().migrate(name, node)
+
+    @precondition(lambda self: len(self.cluster.down | self.cluster.removed) < len(NODES) - 1)
+    @rule(node=st.sampled_from(NODES))
+    def kill(self, node: Node) -> None:
+        if node in self.cluster.nodes:
+            super().kill(node)
+
+    @precondition(lambda self: False)
+    @rule(node=st.sampled_from(NODES))
+    def leave(self, node: Node) -> None:
+        """(Not here: a node that leaves is test_cluster_core's.)"""
+
+    @rule(replica=st.sampled_from(ALL_REPLICAS))
+    def kill_replica(self, replica: Node) -> None:
+        if replica not in self.cluster.nodes:
+            self.cluster.kill(replica)
+
+    @rule(replica=st.sampled_from(ALL_REPLICAS))
+    def revive_replica(self, replica: Node) -> None:
+        self.cluster.revive(replica)
+
+    @rule(replica=st.sampled_from(ALL_REPLICAS))
+    def promote(self, replica: Node) -> None:
+        master = self.cluster.replica_of.get(replica)
+        if (
+            master in self.cluster.nodes
+            and master not in self.cluster.down
+            and replica not in self.cluster.down
+        ):
+            self.cluster.promote(replica)
+
+    def teardown(self) -> None:
+        if not hasattr(self, "router"):
+            return
+        self.net.settle()
+        # Let a periodic refresh see what nothing told (a failover, a revived replica).
+        self.net.now += self.router.refresh_interval
+        self.net.take(self.router.handle_timeout(self.net.now))
+        self.net.settle()
+        wanted = self.wanted(SubscriptionKind.SHARD)
+        for name in POOL:
+            expected = [self.expected_carrier(name)] if name in wanted else []
+            assert self.cluster.shard_holders(name) == expected, name
+        for owner, (handle, held) in self.model.items():
+            for name in held:
+                assert self.router.is_active(handle, name), (owner, name)
+        for name in sorted(wanted):
+            self.net.messages.clear()
+            self.cluster.spublish(name, b"payload")
+            self.net.settle()
+            got = sorted(owner.label for owner, channel, _ in self.net.messages)
+            expected_owners = sorted(
+                o.label
+                for o, (handle, held) in self.model.items()
+                if handle.kind is SubscriptionKind.SHARD and name in held
+            )
+            assert got == expected_owners, (name, got, expected_owners)
+
+    def expected_carrier(self, name: bytes) -> Node:
+        """The live replicas of the owner, as the topology lists them, picked by slot."""
+        owner = self.cluster.owner(name)
+        live = [r for r in self.cluster.replicas.get(owner, []) if r not in self.cluster.down]
+        return live[key_slot(name) % len(live)] if live else owner
+
+
+TestReplicaRouting = ReplicaMachine.TestCase
+TestReplicaRouting.settings = settings(
+    max_examples=int(os.environ.get("CLUSTER_EXAMPLES", "0")) or examples(100),
+    stateful_step_count=30,
+    deadline=None,
+)
