@@ -1,10 +1,15 @@
-"""A throwaway three-master Redis Cluster for the cluster benchmarks (no replicas).
+"""A throwaway three-master Redis Cluster for the cluster benchmarks, with replicas if asked.
 
 Three ``redis-server`` children (see ``_redis.py`` for which binary) in cluster mode
 on free loopback ports, the cluster formed by hand: every node ``CLUSTER MEET``s the
 first, each is given a third of the 16384 slots with ``CLUSTER ADDSLOTSRANGE``, and the
 ``with`` block starts once every node says ``cluster_state:ok`` and all agree on who
-owns which slots. Nothing is kept on disk; the servers are killed when the block ends.
+owns which slots. With ``replicas_per_master`` the replicas then ``CLUSTER MEET`` the
+first node and ``CLUSTER REPLICATE`` their master, a key is written on every master
+(a replica whose replication offset is still 0 is reported ``loading`` by ``CLUSTER
+SHARDS``), and the block waits until every node's health is ``online`` there, in
+every node's view.
+Nothing is kept on disk; the servers are killed when the block ends.
 
     with Cluster(["--client-output-buffer-limit", "pubsub", "0", "0", "0"]) as cluster:
         for node in cluster.nodes: node.url, node.slots  # (first, last)
@@ -22,6 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 from _redis import HOST, RedisServer
 
 __all__ = ("Cluster", "ClusterNode")
@@ -63,6 +69,7 @@ class ClusterNode(RedisServer):
             "--cluster-config-file", f"{self._dir}/nodes-{self.port}.conf",
             "--cluster-node-timeout", "5000",
             "--cluster-port", str(self.bus_port),
+            "--repl-diskless-sync-delay", "0",  # a replica syncs at once
         ]  # fmt: skip
 
     def __exit__(self, *exc_info: object) -> None:
@@ -77,9 +84,13 @@ def _text(value: Any) -> Any:
 class Cluster:
     """Three masters, slots split in thirds, formed and agreed on before ``__enter__`` returns."""
 
-    def __init__(self, extra_args: Sequence[str] = (), masters: int = 3) -> None:
+    def __init__(
+        self, extra_args: Sequence[str] = (), masters: int = 3, replicas_per_master: int = 0
+    ) -> None:
         self.extra_args = list(extra_args)
+        #: The masters (the replicas are in ``replicas``, master i's at i, i + masters, ...).
         self.nodes = [ClusterNode(self.extra_args) for _ in range(masters)]
+        self.replicas = [ClusterNode(self.extra_args) for _ in range(masters * replicas_per_master)]
 
     @property
     def urls(self) -> list[str]:
@@ -94,21 +105,23 @@ class Cluster:
 
     def __enter__(self) -> Cluster:
         try:
-            for node in self.nodes:
+            for node in [*self.nodes, *self.replicas]:
                 node.__enter__()
             self._form()
+            if self.replicas:
+                self._replicate()
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for node in self.nodes:
+        for node in [*self.nodes, *self.replicas]:
             node.__exit__()
 
     def _form(self) -> None:
         first = self.nodes[0]
-        for node in self.nodes[1:]:
+        for node in [*self.nodes[1:], *self.replicas]:
             node.command("CLUSTER", "MEET", HOST, str(first.port), str(first.bus_port))
         share, extra = divmod(SLOTS, len(self.nodes))
         start = 0
@@ -145,13 +158,61 @@ class Cluster:
                 state = value
             elif key == "cluster_known_nodes":
                 known = int(value)
-        if known != len(self.nodes):
+        if known != len(self.nodes) + len(self.replicas):
             state = f"{state}, knows {known} nodes"
         ranges = sorted(
             (int(entry[0]), int(entry[1]), int(entry[2][1]))
             for entry in node.command("CLUSTER", "SLOTS")
         )
         return state, ranges
+
+    def _replicate(self) -> None:
+        """Each replica follows its master; returns once every node is ``online``."""
+        deadline = time.monotonic() + _FORM_TIMEOUT
+        for index, replica in enumerate(self.replicas):
+            master_id = _text(self.nodes[index % len(self.nodes)].command("CLUSTER", "MYID"))
+            while True:  # until the replica has heard of its master
+                try:
+                    replica.command("CLUSTER", "REPLICATE", master_id)
+                    break
+                except hiredis.ReplyError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        for replica in self.replicas:  # synced: a write now moves its offset
+            while _text(replica.command("ROLE")[3]) != "connected":
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"a replica did not sync in {_FORM_TIMEOUT:g} s")
+                time.sleep(0.05)
+        for master in self.nodes:
+            first, last = master.slots
+            key = next(
+                f"bench:replicated:{i}"
+                for i in range(100_000)
+                if first
+                <= int(master.command("CLUSTER", "KEYSLOT", f"bench:replicated:{i}"))
+                <= last
+            )
+            master.command("SET", key, "1")
+        health: list[tuple[str, str]] = []
+        everyone = [*self.nodes, *self.replicas]
+        while time.monotonic() < deadline:
+            # Every node's own view: a master that has not heard of its replica yet does
+            # not pass it its SPUBLISHes, though the replica takes SSUBSCRIBEs already.
+            health = [
+                (
+                    _text(fields[fields.index(b"role") + 1]),
+                    _text(fields[fields.index(b"health") + 1]),
+                )
+                for node in everyone
+                for shard in node.command("CLUSTER", "SHARDS")
+                for fields in shard[shard.index(b"nodes") + 1]
+            ]
+            replicas = [entry for entry in health if entry == ("replica", "online")]
+            if len(replicas) == len(self.replicas) * len(everyone):
+                return
+            time.sleep(0.05)
+        raise SystemExit(f"the replicas did not come online in {_FORM_TIMEOUT:g} s: {health}")
 
 
 if __name__ == "__main__":  # a manual check: python benchmarks/_cluster.py

@@ -1,16 +1,19 @@
 """Cluster throughput: deliveries/s of one ClusterMultiplexer against three Multiplexers.
 
-The benchmark starts its own three-master Redis Cluster (``_cluster.py``, no
-replicas, ``client-output-buffer-limit pubsub 0 0 0``: Redis buffers any backlog
-for a subscriber, nothing is dropped) and picks ``--names`` shard channels (default
+The benchmark starts its own three-master Redis Cluster (``_cluster.py``, one
+replica per master, ``client-output-buffer-limit pubsub 0 0 0``: Redis buffers any
+backlog for a subscriber, nothing is dropped) and picks ``--names`` shard channels (default
 30) so that each master owns the same number of them (their hash slots computed
 with ``redismpx_core._slots.key_slot``). ``--messages`` SPUBLISH messages of 64
-bytes in total (default 300,000) are spread evenly over the names. Two consumers
+bytes in total (default 300,000) are spread evenly over the names. Three consumers
 hold every name with the same sync callback, which counts deliveries per name:
 
 * ``cluster``: one ``ClusterMultiplexer`` over the three masters, one sharded
   subscription holding all the names (it routes each to its slot's master: one
   connection per master);
+* ``replicas``: the same with ``shard_subscriptions="replicas"``: each name rides
+  the replica of its slot's master (one connection per replica), which hears the
+  master's SPUBLISHes over the cluster bus;
 * ``three``: the baseline, three single-node ``Multiplexer``s in the same process
   and event loop, one per master, each with a sharded subscription holding that
   master's names. The cluster front end can do no better than this: the same three
@@ -20,7 +23,9 @@ Each consumer is a fresh process; it subscribes, waits until every name is activ
 tells this process "ready", and blocks in ``sys.stdin.readline()``. Publishing is
 the same for both: this process publishes with one plain pipelined socket per
 master, in one thread each, every ``SPUBLISH`` straight to the master owning its
-name, and checks every reply (exactly 1 receiver). Two modes (``--mode``):
+name, and checks every reply (exactly 1 receiver; 0 for ``replicas``, whose
+subscriber is on the replica: SPUBLISH counts the master's own). The masters pass
+every SPUBLISH on to their replica in every variant. Two modes (``--mode``):
 
 ``backlog``  every message is published, and every reply read, before the consumer
              is told "go" (its loop is stopped meanwhile: the whole backlog waits in
@@ -35,12 +40,14 @@ reports its deliveries per name: each name must get exactly its share, or the ru
 fails (a short grace after the last delivery catches duplicates). ``cpu`` is the
 same rate per second of the consumer's CPU time over that span.
 
-Each cluster measurement is paired with a baseline one on the same driver and mode
-(the pair's order alternates between rounds), and its ratio is taken to that one:
+Each cluster (and replicas) measurement is paired with a baseline one on the same
+driver and mode (the order rotates between rounds), and its ratio is taken to that one:
 on a shared machine the speed drifts by tens of percent within seconds, and the two
 of a pair are likelier to share it. The ratio printed is the median over ``--rounds``
-of the paired ratios, one line per driver and mode, e.g.
-``cluster / three multiplexers [asyncio, backlog]: 0.93 (goal >= 0.8: PASS)``.
+of the paired ratios, one line per driver, mode and variant, e.g.
+``cluster / three multiplexers [asyncio, backlog]: 0.93 (goal >= 0.8: PASS)`` (the
+goal is the cluster's; the replicas' line reports, ``replicas / three multiplexers
+[asyncio, backlog]: 0.90``).
 Drivers (``--driver``): ``asyncio`` is ``redismpx_anyio`` on asyncio, ``trio`` is
 ``redismpx_trio``.
 
@@ -80,7 +87,9 @@ NAME_PREFIX = "bench:shard:"
 
 DRIVERS = ("asyncio", "trio")
 MODES = ("backlog", "live")
-VARIANTS = {"three": "three multiplexers", "cluster": "cluster"}
+VARIANTS = {"three": "three multiplexers", "cluster": "cluster", "replicas": "cluster on replicas"}
+#: What each SPUBLISH reply must count: the subscribers on the master published to.
+RECEIVERS = {"three": 1, "cluster": 1, "replicas": 0}
 REDIS_ARGS = ("--client-output-buffer-limit", "pubsub", "0", "0", "0")
 
 
@@ -171,8 +180,11 @@ async def consume(spec: dict[str, Any]) -> dict[str, Any]:
             all_active.set()
 
     async with AsyncExitStack() as stack:
-        if spec["variant"] == "cluster":
-            mpx = await stack.enter_async_context(ClusterMultiplexer(urls))
+        if spec["variant"] in ("cluster", "replicas"):
+            where = "replicas" if spec["variant"] == "replicas" else "masters"
+            mpx = await stack.enter_async_context(
+                ClusterMultiplexer(urls, shard_subscriptions=where)
+            )
             sub = mpx.new_sharded_subscription(on_message, on_activation=on_activation)
             sub.add(*every_name)
         else:
@@ -206,8 +218,9 @@ async def consume(spec: dict[str, Any]) -> dict[str, Any]:
 class Publisher:
     """One pipelined SPUBLISH connection to a master, for that master's names."""
 
-    def __init__(self, node: ClusterNode, plan: dict[str, int]) -> None:
+    def __init__(self, node: ClusterNode, plan: dict[str, int], receivers: int) -> None:
         self.node = node
+        self.receivers = receivers
         self.sock = node.connect()
         self.reader = hiredis.Reader()
         # Round-robin over the names, as the messages are spread: name i of k gets
@@ -234,9 +247,10 @@ class Publisher:
                 self.sock.sendall(b"".join(batch))
                 for _ in batch:
                     receivers = read_reply(self.sock, self.reader)
-                    if receivers != 1:
+                    if receivers != self.receivers:
                         self.error = (
-                            f"SPUBLISH on {self.node.url} reached {receivers!r} subscribers, not 1"
+                            f"SPUBLISH on {self.node.url} reached {receivers!r} subscribers, "
+                            f"not {self.receivers}"
                         )
                         return
         except OSError as exc:
@@ -282,7 +296,7 @@ def measure(
     argv = [sys.executable, __file__, "--consumer", json.dumps(spec)]
     label = f"{driver} {mode} {VARIANTS[variant]}"
     publishers = [
-        Publisher(node, {name: plan[name] for name in node_names})
+        Publisher(node, {name: plan[name] for name in node_names}, RECEIVERS[variant])
         for node, node_names in zip(cluster.nodes, names, strict=True)
     ]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -347,16 +361,21 @@ def main() -> None:
         (d, m, v): [] for d, m in pairs for v in VARIANTS
     }
     cpu: dict[tuple[str, str, str], list[float]] = {key: [] for key in wall}
-    ratios: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
-    cpu_ratios: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
+    compared = [variant for variant in VARIANTS if variant != "three"]
+    ratios: dict[tuple[str, str, str], list[float]] = {
+        (d, m, v): [] for d, m in pairs for v in compared
+    }
+    cpu_ratios: dict[tuple[str, str, str], list[float]] = {key: [] for key in ratios}
 
-    with Cluster(REDIS_ARGS) as cluster:
+    with Cluster(REDIS_ARGS, replicas_per_master=1) as cluster:
         names = pick_names(cluster, args.names)
         plan = shares([name for node_names in names for name in node_names], args.messages)
         try:
             for round_ in range(args.rounds):
-                # Alternate which of a pair goes first: neither always gets the warmer start.
-                order = ("three", "cluster") if round_ % 2 == 0 else ("cluster", "three")
+                # Rotate which goes first: none always gets the warmer start.
+                variants = list(VARIANTS)
+                shift = round_ % len(variants)
+                order = variants[shift:] + variants[:shift]
                 for driver, mode in pairs:
                     rate: dict[str, float] = {}
                     cpu_rate: dict[str, float] = {}
@@ -367,8 +386,11 @@ def main() -> None:
                         cpu_rate[variant] = (args.messages - 1) / max(result["cpu"], 1e-9)
                         wall[driver, mode, variant].append(rate[variant])
                         cpu[driver, mode, variant].append(cpu_rate[variant])
-                    ratios[driver, mode].append(rate["cluster"] / rate["three"])
-                    cpu_ratios[driver, mode].append(cpu_rate["cluster"] / cpu_rate["three"])
+                    for variant in compared:
+                        ratios[driver, mode, variant].append(rate[variant] / rate["three"])
+                        cpu_ratios[driver, mode, variant].append(
+                            cpu_rate[variant] / cpu_rate["three"]
+                        )
         except Failed as failure:
             print(f"FAILED: {failure}", file=sys.stderr)
             raise SystemExit(1) from None
@@ -378,29 +400,32 @@ def main() -> None:
         f"over {args.names} shard channels ({args.names // 3} per master, 3 masters), "
         f"median of {args.rounds} round(s)"
     )
-    header = f"{'driver':8} {'mode':8} {'consumer':19} {'deliveries/s':>13} {'cpu':>13}"
+    header = f"{'driver':8} {'mode':8} {'consumer':20} {'deliveries/s':>13} {'cpu':>13}"
     print(f"{header} {'/ three':>8} {'cpu':>6}")
     for driver, mode in pairs:
         for variant, label in VARIANTS.items():
             shown = (
-                f"{statistics.median(ratios[driver, mode]):8.2f} "
-                f"{statistics.median(cpu_ratios[driver, mode]):6.2f}"
-                if variant == "cluster"
+                f"{statistics.median(ratios[driver, mode, variant]):8.2f} "
+                f"{statistics.median(cpu_ratios[driver, mode, variant]):6.2f}"
+                if variant != "three"
                 else f"{1:8.2f} {1:6.2f}"
             )
             print(
-                f"{driver:8} {mode:8} {label:19} "
+                f"{driver:8} {mode:8} {label:20} "
                 f"{statistics.median(wall[driver, mode, variant]):13,.0f} "
                 f"{statistics.median(cpu[driver, mode, variant]):13,.0f} {shown}"
             )
     print(f"ok: every consumer received exactly {args.messages:,} messages, each name its share")
     for driver, mode in pairs:
-        ratio = statistics.median(ratios[driver, mode])
+        ratio = statistics.median(ratios[driver, mode, "cluster"])
         verdict = "PASS" if ratio >= GOAL else "MISS"
         print(
             f"cluster / three multiplexers [{driver}, {mode}]: {ratio:.2f} "
             f"(goal >= {GOAL}: {verdict})"
         )
+    for driver, mode in pairs:
+        ratio = statistics.median(ratios[driver, mode, "replicas"])
+        print(f"replicas / three multiplexers [{driver}, {mode}]: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -59,10 +59,13 @@ def test_cluster_throughput_runs() -> None:
     assert {(row[0], row[1], " ".join(row[2:-4])) for row in rows} == {
         (driver, mode, consumer)
         for driver, mode in pairs
-        for consumer in ("three multiplexers", "cluster")
+        for consumer in ("three multiplexers", "cluster", "cluster on replicas")
     }
     for row in rows:
         assert all(float(value.replace(",", "")) > 0 for value in row[-4:]), row
+    replicas = dict(line.split(": ") for line in lines if line.startswith("replicas / three"))
+    assert set(replicas) == {f"replicas / three multiplexers [{d}, {m}]" for d, m in pairs}
+    assert all(float(value) > 0 for value in replicas.values())
     ratios = dict(line.split(": ", 1) for line in lines if line.startswith("cluster / three"))
     assert set(ratios) == {f"cluster / three multiplexers [{d}, {m}]" for d, m in pairs}
     for shown in ratios.values():

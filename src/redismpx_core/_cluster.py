@@ -18,7 +18,8 @@ Connections are keyed by ``(role, node)``:
     to another node when the home's connection fails and a refresh shows the home
     gone or unreachable, and when a refresh shows that the home left the cluster
     (see "Whose word counts") though its connection is up. A shard name rides the
-    connection of the master that owns its hash slot, and no command mixes slots (the
+    connection of the master that owns its hash slot (or of one of its replicas, see
+    "Shard names on replicas"), and no command mixes slots (the
     core batches shard names per slot). Until the topology is known, or while its
     slot has no owner, a shard name waits *unplaced*: held, not yet sent.
 ``("commands", node)``
@@ -97,6 +98,27 @@ is removed (forgotten with them, they would go unserved): its names move with th
 slots, as in any migration, and its connection, idle and no longer a master's, is
 dropped like any other. So is a departed control's commands connection once the
 control has turned.
+
+Shard names on replicas
+-----------------------
+
+Since Redis 7 a replica serves its master's shard channels: an ``SPUBLISH`` on the
+master reaches the replica's ``SSUBSCRIBE``rs too. With ``shard_subscriptions=
+"replicas"`` a shard name rides a replica of its slot's master, which takes the
+subscriber load off the masters; publishes still go to the master. One function,
+:meth:`ClusterCore._carrier`, says where a slot's names ride: the master's healthy
+replicas as the topology lists them (``CLUSTER SHARDS`` lists only those whose health
+is ``online``, ``CLUSTER SLOTS`` only those not failed), the slot picking one of them
+(slot modulo their number: deterministic, and a shard's slots spread over its
+replicas); the master itself when it has none; and the master a ``MOVED`` named, until
+the next refresh. Everything else is a move as any other: each refresh compares every
+shard name's node with the carrier of its slot, so a replica that dies (once the
+cluster marks it failed; until then its connection reconnects and each failure asks
+again), a replica promoted by a failover (its names go to a replica of the new
+master, the old one maybe) and a migrated slot all move names, removed from the old
+node and added to the new, with ``on_activation`` when the new node confirms. A
+replica that refuses a name (``MOVED``: it does not think its master owns the slot)
+is a redirect as from a master.
 
 Names and placements
 --------------------
@@ -181,9 +203,12 @@ from ._slots import SLOTS, key_slot
 from ._statistics import Statistics
 from ._topology import Node, Topology, parse_cluster_shards, parse_cluster_slots
 
-__all__ = ("ClusterCore", "ConnectionKey", "Role")
+__all__ = ("SHARD_SUBSCRIPTIONS", "ClusterCore", "ConnectionKey", "Role", "ShardSubscriptions")
 
 Role = Literal["subscriber", "commands"]
+ShardSubscriptions = Literal["masters", "replicas"]
+#: The values of ``shard_subscriptions``, the default first.
+SHARD_SUBSCRIPTIONS: Final[tuple[ShardSubscriptions, ...]] = ("masters", "replicas")
 ConnectionKey = tuple[Role, Node]
 
 #: Seconds between periodic topology refreshes, by default.
@@ -213,6 +238,7 @@ class ClusterCore(Generic[S, P]):
         refresh_interval: float = REFRESH_INTERVAL,
         min_refresh_interval: float = MIN_REFRESH_INTERVAL,
         tls: bool = False,
+        shard_subscriptions: ShardSubscriptions = "masters",
         **core_options: Any,
     ) -> None:
         if not startup:
@@ -225,6 +251,17 @@ class ClusterCore(Generic[S, P]):
         ):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
+        if not isinstance(shard_subscriptions, str):
+            raise TypeError(
+                f"shard_subscriptions must be a str, got {type(shard_subscriptions).__name__}"
+            )
+        if shard_subscriptions not in SHARD_SUBSCRIPTIONS:
+            raise ValueError(
+                f"shard_subscriptions must be one of {', '.join(map(repr, SHARD_SUBSCRIPTIONS))}, "
+                f"got {shard_subscriptions!r}"
+            )
+        #: Where shard names ride: their slot's master, or one of its replicas.
+        self.shard_subscriptions: ShardSubscriptions = shard_subscriptions
         self._startup = tuple(dict.fromkeys(startup))
         self._known: dict[Node, None] = dict.fromkeys(self._startup)
         # Nodes a believed topology listed as members (see "Whose word counts").
@@ -407,7 +444,7 @@ class ClusterCore(Generic[S, P]):
             events = self._subscriber(self._home).add(self._node_handle(sub, self._home), new)
             sub.names.update(dict.fromkeys(new))
             return events
-        placed = {name: self._owner(key_slot(name)) for name in new}
+        placed = {name: self._carrier(key_slot(name)) for name in new}
         sub.names.update(placed)
         events = []
         for node, group in _by_node(placed).items():
@@ -603,6 +640,20 @@ class ClusterCore(Generic[S, P]):
                 return None
             del self._given_up[slot]  # it still says so: the slot did come back
         return node
+
+    def _carrier(self, slot: int) -> Node | None:
+        """The node whose subscriber connection carries the slot's shard names: the
+        placement rule (see "Shard names on replicas"). None while the owner is unknown."""
+        owner = self._owner(slot)
+        if (
+            owner is None
+            or self.shard_subscriptions == "masters"
+            or slot in self._redirects
+            or self.topology is None
+        ):
+            return owner
+        replicas = self.topology.replicas.get(owner, ())
+        return replicas[slot % len(replicas)] if replicas else owner
 
     def _check_open(self) -> None:
         if self._closed:
@@ -837,7 +888,7 @@ class ClusterCore(Generic[S, P]):
         for sub in [s for s in self._placements if s.kind is SubscriptionKind.SHARD]:
             moves: dict[tuple[Node | None, Node | None], list[bytes]] = {}
             for name, node in sub.names.items():
-                owner = self._owner(key_slot(name))
+                owner = self._carrier(key_slot(name))
                 if owner is None:
                     self._refresh_wanted = True  # some slot has no owner yet: look again
                 if owner != node:

@@ -33,7 +33,7 @@ from redismpx_core import (
     Statistics,
     SubscriptionClosed,
 )
-from redismpx_core._cluster import ConnectionKey
+from redismpx_core._cluster import ConnectionKey, ShardSubscriptions
 
 from ._backend import Signal
 from ._connect import format_address, open_stream
@@ -189,6 +189,7 @@ class ClusterConnections:
         engine: Engine,
         startup: Sequence[Node],
         refresh_interval: float,
+        shard_subscriptions: ShardSubscriptions = "masters",
     ) -> None:
         self._engine = engine
         settings = engine.settings
@@ -196,6 +197,7 @@ class ClusterConnections:
             startup,
             random=engine.backend.random,
             refresh_interval=refresh_interval,
+            shard_subscriptions=shard_subscriptions,
             tls=settings.scheme == "rediss",
             **settings.core_options(),
         )

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from redismpx_core import OverflowPolicy, Settings, Statistics, SubscriptionKind
+from redismpx_core._cluster import ShardSubscriptions
 from redismpx_core._names import check_publish, coerce_name
 
 from ._backend import Backend, TaskGroup
@@ -362,8 +363,9 @@ class ClusterMultiplexer(MultiplexerAPI):
     """The Multiplexer's API over a Redis Cluster, on any backend.
 
     Channel and pattern subscriptions ride one node's connection; shard channels ride
-    the connection of the master owning their slot, and follow it when the cluster
-    changes. See docs/cluster.md.
+    the connection of the master owning their slot (``shard_subscriptions="masters"``,
+    the default) or of one of its replicas (``"replicas"``), and follow it when the
+    cluster changes. See docs/cluster.md.
     """
 
     def __init__(
@@ -372,6 +374,7 @@ class ClusterMultiplexer(MultiplexerAPI):
         *,
         backend: Backend | None = None,
         refresh_interval: float = 30.0,
+        shard_subscriptions: ShardSubscriptions = "masters",
         **options: Any,
     ) -> None:
         nodes, settings = cluster_startup(startup_urls, options)
@@ -380,7 +383,9 @@ class ClusterMultiplexer(MultiplexerAPI):
             Engine(
                 self._backend(backend),
                 settings,
-                lambda engine: ClusterConnections(engine, nodes, refresh_interval),
+                lambda engine: ClusterConnections(
+                    engine, nodes, refresh_interval, shard_subscriptions
+                ),
             )
         )
 

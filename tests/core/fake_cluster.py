@@ -12,6 +12,9 @@ A dead node stays listed, as failed, with no slot. A node without slots can leav
 (:meth:`FakeCluster.remove`: forgotten by the others, then reset): the others no
 longer list it nor relay PUBLISH to it, and it describes a cluster of its own,
 itself alone and no slot.
+A master may have replicas (:meth:`FakeCluster.add_replica`), listed in its shard: each
+serves its master's shard channels and hears its SPUBLISHes, unsubscribes them with it
+when a slot moves, and takes over in :meth:`FakeCluster.promote`.
 ACLs are the same on every node (:meth:`FakeCluster.deny`), as a cluster's are.
 """
 
@@ -38,6 +41,8 @@ class FakeCluster:
         self.replica_of: dict[Node, Node] = {}
         # Nodes that left the cluster (forgotten by the others, then reset).
         self.removed: set[Node] = set()
+        # Replicas listed in each master's shard (add_replica), and served by SPUBLISH.
+        self.replicas: dict[Node, list[Node]] = {}
 
     def connect(self, node: Node) -> FakeConnection | None:
         """A new connection to ``node``, or None if it is down (connection refused)."""
@@ -52,7 +57,9 @@ class FakeCluster:
         old = self.owners[slot]
         self.owners[slot] = node
         if old != node:
-            for conn in list(self.servers[old].connections):
+            # The old owner and its replicas unsubscribe the slot's names (clusterDelSlot).
+            servers = [self.servers[n] for n in [old, *self.replicas.get(old, ())]]
+            for conn in [conn for server in servers for conn in server.connections]:
                 assert isinstance(conn, _FakeNodeConnection)
                 conn.lose_slot(slot)
 
@@ -66,6 +73,30 @@ class FakeCluster:
             if owner == old:
                 self.move_slot(slot, new)
         self.replica_of[old] = new
+
+    def add_replica(self, master: Node, node: Node) -> None:
+        """``node`` joins as a replica of ``master``: listed in its shard, it serves the
+        master's shard channels (an SPUBLISH on the master reaches it too)."""
+        self.servers[node] = _FakeNode(self, node)
+        self.replicas.setdefault(master, []).append(node)
+        self.replica_of[node] = master
+
+    def promote(self, replica: Node) -> Node:
+        """A failover: ``replica`` takes every slot of its master, which becomes its
+        replica (unsubscribing its subscribers of those slots itself); returns the old
+        master."""
+        old = self.replica_of[replica]
+        for slot, owner in enumerate(list(self.owners)):
+            if owner == old:
+                self.move_slot(slot, replica)
+        del self.replica_of[replica]
+        self.nodes[self.nodes.index(old)] = replica
+        others = [node for node in self.replicas.pop(old, []) if node != replica]
+        for node in others:
+            self.replica_of[node] = replica
+        self.replicas[replica] = [old, *others]
+        self.replica_of[old] = replica
+        return old
 
     def add_node(self, node: Node) -> None:
         """A new node joins, with no slot yet (a master once :meth:`move_slot` gives it one)."""
@@ -96,7 +127,12 @@ class FakeCluster:
         self.removed.add(node)
 
     def spublish(self, channel: bytes, data: bytes) -> int:
-        return self.servers[self.owner(channel)].spublish(channel, data)
+        """The owner's receivers count; its live replicas' subscribers hear it too."""
+        owner = self.owner(channel)
+        for replica in self.replicas.get(owner, ()):
+            if replica not in self.down:
+                self.servers[replica].spublish(channel, data)
+        return self.servers[owner].spublish(channel, data)
 
     def publish(self, channel: bytes, data: bytes) -> int:
         """PUBLISH reaches every node of a cluster."""
@@ -154,18 +190,24 @@ class FakeCluster:
                 else:
                     ranges += [slot, slot]
             health = b"failed" if dead else b"online"
-            shards.append([b"slots", ranges, b"nodes", [_description(node, health)]])
+            described = [_description(node, health)]
+            for replica in self.replicas.get(node, ()):
+                failed = replica in self.down and asked not in self.views
+                described.append(
+                    _description(replica, b"failed" if failed else b"online", b"replica")
+                )
+            shards.append([b"slots", ranges, b"nodes", described])
         return shards
 
 
-def _description(node: Node, health: bytes) -> list[object]:
-    """One master's entry in a CLUSTER SHARDS reply."""
+def _description(node: Node, health: bytes, role: bytes = b"master") -> list[object]:
+    """One node's entry in a CLUSTER SHARDS reply."""
     return [
         b"id", f"{node.port:040x}".encode(),
         b"port", node.port,
         b"ip", node.host.encode(),
         b"endpoint", node.host.encode(),
-        b"role", b"master",
+        b"role", role,
         b"replication-offset", 0,
         b"health", health,
     ]  # fmt: skip
