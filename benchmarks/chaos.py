@@ -55,8 +55,13 @@ every run of as many rounds as there are kinds: a slot holding subscribed names 
 to another master (``migrate``; and ``atomic-migrate``, with Valkey's atomic slot
 migration, ``CLUSTER MIGRATESLOTS``, on servers that have it),
 ``CLUSTER FAILOVER`` of a master (``failover``), SIGKILL of a master until its replica
-has taken over, then the node restarted as a replica (``kill-master``), and
-``CLIENT KILL TYPE pubsub`` or the output buffer limit on a node carrying names. The
+has taken over, then the node restarted as a replica (``kill-master``),
+``CLIENT KILL TYPE pubsub`` or the output buffer limit on a node carrying names, a new
+master joining (``CLUSTER MEET``) and given a slot holding names (``node-added``), and a
+node leaving (``node-removed``: ``CLUSTER FORGET`` on every other node, then ``CLUSTER
+RESET HARD`` on it): the home when it can leave (a replica, or a master added by
+``node-added``, its slots moved away first), else such a master, else a replica, which a
+new node then replaces, so that each of the three original masters keeps a replica. The
 checks are the same, node by node: each shard name counted once by SHARDNUMSUB on the
 master owning its slot and by no other node, the channels and patterns on the home
 only. The names a fault must re-activate are those on the node that lost its
@@ -65,6 +70,14 @@ that lost its connection gets exactly one ``on_disconnect``, and none when names
 move (a migration, a failover: the connection stays up). A channel or pattern message
 published before a re-activation may arrive twice or late when the home moves (it
 travels the cluster bus, which Redis orders per node only): that is counted apart.
+
+The cluster mode also holds a node-wide subscription (on every master) to
+``__keyevent@0__:set``, every node (added ones too) runs with ``notify-keyspace-events
+E$``, and the publisher writes one key a tick (``SET ks:<seq>``, spread over every slot,
+to its owner). After each fault, once that subscription is on every master that owns a
+slot and on no other node, each key written is heard of exactly once; a key written
+between the last check and that recovery may be lost, but only if the round told it (an
+``on_disconnect`` or a re-activation of the subscription), and never heard of twice.
 """
 
 from __future__ import annotations
