@@ -932,7 +932,7 @@ class ClusterPublisher(Publisher):
     @staticmethod
     def counts(command: bytes, reply: Any) -> bool:
         if command == b"SET":
-            return reply == b"OK"
+            return bool(reply == b"OK")
         return isinstance(reply, int) and (command != b"SPUBLISH" or reply > 0)
 
     def set_nodes(self, nodes: Sequence[RedisServer]) -> None:
