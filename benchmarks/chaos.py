@@ -1680,7 +1680,8 @@ def report(
         )
         print(
             f"nodes that left the cluster: {len(chaos.cluster.removed)} "
-            f"({chaos.removed_homes} of them the home)"
+            f"({chaos.removed_homes} of them the home); at the end "
+            f"{len(chaos.cluster.masters())} masters, {len(chaos.cluster.replicas())} replicas"
         )
     total = sum(v.values())
     print(f"chaos: {faults} faults, {total} violations")
