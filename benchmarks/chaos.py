@@ -173,6 +173,9 @@ NOTIFY_ARGS = ("--notify-keyspace-events", "E$")
 CLUSTER_TIMERS: dict[str, Any] = {**TIMERS, "refresh_interval": 0.5}
 #: The masters of the original cluster; a run never has fewer.
 MIN_MASTERS = 3
+#: Masters added by ``node-added`` beyond which ``node-removed`` takes one of them
+#: rather than the home (a replica whose place a new node takes).
+MAX_EXTRA_MASTERS = 2
 BIG_PAYLOAD = b"big:" + b"x" * 200_000
 
 
@@ -1348,8 +1351,8 @@ class ClusterChaos(Chaos):
     def _removable(self) -> tuple[RedisServer | None, list[RedisServer], list[RedisServer]]:
         """What may leave the cluster (blocking): the home if it can (a replica, or a
         master added here, one without replicas, while there are more than
-        MIN_MASTERS), else such an added master, else a replica: (home or None,
-        added masters, replicas)."""
+        MIN_MASTERS) unless more than MAX_EXTRA_MASTERS were added, else such an added
+        master, else a replica: (home or None, added masters, replicas)."""
         masters = self.cluster.masters()
 
         def extra(node: RedisServer) -> bool:
@@ -1363,8 +1366,11 @@ class ClusterChaos(Chaos):
         # A replica whose master has another is taken first: none need replace it.
         spare = [r for r in replicas if len(self.cluster.replicas_of(self._master_of(r))) > 1]
         replicas = spare or replicas
-        home = self.home if self.home in replicas or (self.home and extra(self.home)) else None
-        return home, [m for m in masters if extra(m)], replicas
+        extras = [m for m in masters if extra(m)]
+        home = self.home if self.home in replicas or self.home in extras else None
+        if len(extras) > MAX_EXTRA_MASTERS and home not in extras:
+            home = None  # an added master leaves instead: the cluster does not grow
+        return home, extras, replicas
 
     def _migrate_slot(self, slot: int, destination: RedisServer) -> None:
         """The fixture's ``migrate_slot``, for a source that may give its last slot: Redis
