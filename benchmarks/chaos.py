@@ -60,8 +60,9 @@ has taken over, then the node restarted as a replica (``kill-master``),
 master joining (``CLUSTER MEET``) and given a slot holding names (``node-added``), and a
 node leaving (``node-removed``: ``CLUSTER FORGET`` on every other node, then ``CLUSTER
 RESET HARD`` on it): the home when it can leave (a replica, or a master added by
-``node-added``, its slots moved away first), else such a master, else a replica, which a
-new node then replaces, so that each of the three original masters keeps a replica. The
+``node-added``, its slots moved away first) unless more than two such masters remain,
+else such a master, else a replica, which a new node then replaces if its master has no
+other, so that each of the three original masters keeps a replica. The
 checks are the same, node by node: each shard name counted once by SHARDNUMSUB on the
 master owning its slot and by no other node, the channels and patterns on the home
 only. The names a fault must re-activate are those on the node that lost its
