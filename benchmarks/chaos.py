@@ -55,8 +55,14 @@ every run of as many rounds as there are kinds: a slot holding subscribed names 
 to another master (``migrate``; and ``atomic-migrate``, with Valkey's atomic slot
 migration, ``CLUSTER MIGRATESLOTS``, on servers that have it),
 ``CLUSTER FAILOVER`` of a master (``failover``), SIGKILL of a master until its replica
-has taken over, then the node restarted as a replica (``kill-master``), and
-``CLIENT KILL TYPE pubsub`` or the output buffer limit on a node carrying names. The
+has taken over, then the node restarted as a replica (``kill-master``),
+``CLIENT KILL TYPE pubsub`` or the output buffer limit on a node carrying names, a new
+master joining (``CLUSTER MEET``) and given a slot holding names (``node-added``), and a
+node leaving (``node-removed``: ``CLUSTER FORGET`` on every other node, then ``CLUSTER
+RESET HARD`` on it): the home when it can leave (a replica, or a master added by
+``node-added``, its slots moved away first) unless more than two such masters remain,
+else such a master, else a replica, which a new node then replaces if its master has no
+other, so that each of the three original masters keeps a replica. The
 checks are the same, node by node: each shard name counted once by SHARDNUMSUB on the
 master owning its slot and by no other node, the channels and patterns on the home
 only. The names a fault must re-activate are those on the node that lost its
@@ -65,6 +71,14 @@ that lost its connection gets exactly one ``on_disconnect``, and none when names
 move (a migration, a failover: the connection stays up). A channel or pattern message
 published before a re-activation may arrive twice or late when the home moves (it
 travels the cluster bus, which Redis orders per node only): that is counted apart.
+
+The cluster mode also holds a node-wide subscription (on every master) to
+``__keyevent@0__:set``, every node (added ones too) runs with ``notify-keyspace-events
+E$``, and the publisher writes one key a tick (``SET ks:<seq>``, spread over every slot,
+to its owner). After each fault, once that subscription is on every master that owns a
+slot and on no other node, each key written is heard of exactly once; a key written
+between the last check and that recovery may be lost, but only if the round told it (an
+``on_disconnect`` or a re-activation of the subscription), and never heard of twice.
 """
 
 from __future__ import annotations
@@ -89,6 +103,8 @@ import anyio
 import anyio.to_thread
 import hiredis
 
+from redismpx_core._slots import key_slot
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -108,7 +124,15 @@ DRIVERS = {
     "trio": ("redismpx_trio", "trio"),
 }
 FAULTS = ("cut", "half-open", "sigkill", "sigstop", "client-kill", "output-buffer-limit")
-CLUSTER_FAULTS = ("migrate", "failover", "kill-master", "client-kill", "output-buffer-limit")
+CLUSTER_FAULTS = (
+    "migrate",
+    "failover",
+    "kill-master",
+    "client-kill",
+    "output-buffer-limit",
+    "node-added",
+    "node-removed",
+)
 #: A slot moved by Valkey's atomic slot migration (CLUSTER MIGRATESLOTS, Valkey 9): a
 #: cluster fault of the servers that have it, in the default list there.
 ATOMIC_MIGRATE = "atomic-migrate"
@@ -138,6 +162,21 @@ ALL_CHANNELS = STABLE_CHANNELS + CHURN_CHANNELS
 SHARD_GROUP = [b"s:{g}:%d" % i for i in range(5)]
 SHARD_CHANNELS = [b"s:%d" % i for i in range(45)] + SHARD_GROUP
 PROMISE_PREFIX = b"prom:"
+#: The cluster mode's node-wide subscription: one event per key written (SET), published
+#: by the master that owns the key, and the prefix of the keys the publisher writes.
+KEYEVENT = b"__keyevent@0__:set"
+KEY_PREFIX = b"ks:"
+#: What every node of the chaos cluster publishes (added and restarted ones too): the
+#: keyevent notifications (E) of string commands ($).
+NOTIFY_ARGS = ("--notify-keyspace-events", "E$")
+#: The cluster mode's timers: a topology read twice a second, so that a new master, a
+#: failover that loses no connection and a node that left are seen within a round.
+CLUSTER_TIMERS: dict[str, Any] = {**TIMERS, "refresh_interval": 0.5}
+#: The masters of the original cluster; a run never has fewer.
+MIN_MASTERS = 3
+#: Masters added by ``node-added`` beyond which ``node-removed`` takes one of them
+#: rather than the home (a replica whose place a new node takes).
+MAX_EXTRA_MASTERS = 2
 BIG_PAYLOAD = b"big:" + b"x" * 200_000
 
 
@@ -170,6 +209,10 @@ class Publisher(threading.Thread):
         self.unconfirmed = 0
         self.stopping = threading.Event()
 
+    #: whether each tick also writes one key, ``SET ks:<seq> <seq>`` (the cluster mode's
+    #: keyspace events); a confirmed write is recorded under :data:`KEY_PREFIX`
+    key_writes = False
+
     def run(self) -> None:
         due = time.monotonic()
         while not self.stopping.is_set():
@@ -182,11 +225,14 @@ class Publisher(threading.Thread):
                 continue
             with self.lock:
                 first = self.next_seq
-                self.next_seq += self.per_tick
+                self.next_seq += self.per_tick + self.key_writes
             batch = [
                 (*self.rng.choice(self.targets), b"%d" % seq)
                 for seq in range(first, first + self.per_tick)
             ]
+            if self.key_writes:
+                seq = first + self.per_tick
+                batch.append((b"SET", KEY_PREFIX + b"%d" % seq, b"%d" % seq))
             while self.extra:
                 batch.append(self.extra.popleft())
             replies = self.send(batch)
@@ -195,11 +241,12 @@ class Publisher(threading.Thread):
                     if not payload[:1].isdigit():
                         continue
                     if self.counts(command, reply):
-                        self.confirmed[channel].append(int(payload))
+                        where = KEY_PREFIX if command == b"SET" else channel
+                        self.confirmed[where].append(int(payload))
                         self.published += 1
                     else:
                         self.unconfirmed += 1
-                self.settled = first + self.per_tick
+                self.settled = first + self.per_tick + self.key_writes
         self.close()
 
     @staticmethod
@@ -588,6 +635,9 @@ class Chaos:
 
     # ---- waiting and checking
 
+    #: channels counted by ``statistics()`` beside the names wanted (node-wide ones)
+    node_wide_channels = 0
+
     async def wait_for(self, condition: Callable[[], bool], deadline: float) -> bool:
         with anyio.move_on_after(deadline):
             while not condition():  # noqa: ASYNC110 - state of threads and a server
@@ -753,7 +803,7 @@ class Chaos:
             stats = mpx.statistics()
             return (
                 self.all_active(promises)
-                and stats.active_channels == len(wanted_channels)
+                and stats.active_channels == len(wanted_channels) + self.node_wide_channels
                 and stats.active_shard_channels == len(wanted_shards)
                 and stats.active_patterns == wanted_patterns
             )
@@ -857,7 +907,12 @@ class ClusterPublisher(Publisher):
     took it (a count of 1 or more); a count of 0 makes the publisher ask for the slot
     owners again, and whenever a route changes it pauses before the next batch, long
     enough for what the old node took to come through.
+
+    Each tick also writes one key (``SET``, to the master owning its slot, routed as
+    SPUBLISH is), whose ``set`` event the multiplexer's node-wide subscription hears.
     """
+
+    key_writes = True
 
     def __init__(self, cluster: RedisCluster, rate: int, seed: int) -> None:
         first = cluster.nodes[0]
@@ -865,6 +920,8 @@ class ClusterPublisher(Publisher):
         self.slots = {name: cluster.key_slot(name) for name in SHARD_CHANNELS}
         self.nodes: list[Address] = [(node.host, node.port) for node in cluster.nodes]
         self.owners: dict[int, Address] = {}
+        #: (first slot, last slot, owner) of every range, from the last CLUSTER SLOTS
+        self.ranges: list[tuple[int, int, Address]] = []
         self.channel_target: Address = self.address
         self.channel_sent_to = self.address
         self.rerouted = False
@@ -878,14 +935,38 @@ class ClusterPublisher(Publisher):
 
     @staticmethod
     def counts(command: bytes, reply: Any) -> bool:
+        if command == b"SET":
+            return bool(reply == b"OK")
         return isinstance(reply, int) and (command != b"SPUBLISH" or reply > 0)
+
+    def set_nodes(self, nodes: Sequence[RedisServer]) -> None:
+        """The nodes of the cluster, after one joined or left: asked for the topology."""
+        self.nodes = [(node.host, node.port) for node in nodes]
+
+    def _slot_owner(self, slot: int) -> Address | None:
+        if slot in self.owners:
+            return self.owners[slot]
+        return next((owner for start, end, owner in self.ranges if start <= slot <= end), None)
+
+    def forget_before(self, mark: int) -> None:
+        """As the base class's, but the key writes: the keyspace check forgets those."""
+        with self.lock:
+            for channel, seqs in self.confirmed.items():
+                if channel != KEY_PREFIX:
+                    self.confirmed[channel] = [s for s in seqs if s >= mark]
+
+    def forget_keys_before(self, mark: int) -> None:
+        with self.lock:
+            self.confirmed[KEY_PREFIX] = [s for s in self.confirmed[KEY_PREFIX] if s >= mark]
 
     def send(self, batch: list[tuple[bytes, bytes, bytes]]) -> list[Any]:
         replies: list[Any] = [None] * len(batch)
         groups: dict[Address, list[int]] = defaultdict(list)
         stale = False
         for i, (command, channel, _) in enumerate(batch):
-            if command == b"SPUBLISH":
+            if command == b"SET":
+                target = self._slot_owner(key_slot(channel))
+            elif command == b"SPUBLISH":
                 target = self.owners.get(self.slots[channel])
             else:
                 target = self.channel_target
@@ -904,9 +985,9 @@ class ClusterPublisher(Publisher):
             if got is None:
                 stale = True
                 if address == self.channel_target:  # down: any other node will do
-                    self.channel_target = self.nodes[
-                        (self.nodes.index(address) + 1) % len(self.nodes)
-                    ]
+                    nodes = self.nodes
+                    at = nodes.index(address) if address in nodes else -1
+                    self.channel_target = nodes[(at + 1) % len(nodes)]
                 continue
             for i, reply in zip(indexes, got, strict=True):
                 replies[i] = reply
@@ -956,13 +1037,18 @@ class ClusterPublisher(Publisher):
                     replies = self._send(sock, [(b"CLUSTER", b"SLOTS")])
             except OSError:
                 continue
-            if not replies or not isinstance(replies[0], list):
-                continue
-            for start, end, master, *_ in replies[0]:
-                owner = (master[0].decode(), int(master[1]))
-                for slot in set(self.slots.values()):
+            if not replies or not isinstance(replies[0], list) or not replies[0]:
+                continue  # a node outside the cluster (one that left) serves no slot
+            ranges = [
+                (start, end, (master[0].decode(), int(master[1])))
+                for start, end, master, *_ in replies[0]
+            ]
+            for start, end, owner in ranges:
+                # The shard names' slots, and those a MOVED reply taught for keys.
+                for slot in set(self.slots.values()) | set(self.owners):
                     if start <= slot <= end:
                         self._route(slot, owner)
+            self.ranges = ranges
             return
 
     def close(self) -> None:
@@ -996,6 +1082,15 @@ class ClusterChaos(Chaos):
         self.order: list[str] = []
         #: (subscription, name) -> publisher mark at its last activation, for every one
         self.activated_at: dict[tuple[int, bytes], int] = {}
+        #: the node-wide subscription to KEYEVENT: how many times each key's event came
+        self.key_seen: Counter[int] = Counter()
+        self.key_from = 0  # the key writes not checked yet start at this mark
+        self.key_told = 0  # its on_disconnect calls and re-activations since the fault
+        self.key_started = False  # its first activations (one per master) are behind
+        self.key_checked = 0  # events owed once (keys written after a recovery)
+        self.key_during = 0  # keys written from a check to the next recovery
+        self.key_lost = 0  # ... whose events were lost (told)
+        self.removed_homes = 0
 
     def choose_fault(self) -> str:
         """At random, but every kind once in each run of len(CLUSTER_FAULTS) rounds."""
@@ -1026,6 +1121,26 @@ class ClusterChaos(Chaos):
         activated = self.activated_at.get((tracked.ident, name))
         return activated is not None and seq < activated
 
+    def build(self, mpx: Any) -> None:
+        super().build(mpx)
+
+        def on_message(channel: bytes, data: bytes) -> None:
+            if channel != KEYEVENT or not data.startswith(KEY_PREFIX):
+                self.violations.note("keyspace events of no key written", f"{channel!r} {data!r}")
+                return
+            self.key_seen[int(data[len(KEY_PREFIX) :])] += 1
+
+        def on_disconnect(error: Exception) -> None:
+            self.key_told += 1
+
+        def on_activation(name: bytes) -> None:
+            self.key_told += self.key_started
+
+        self.keyspace = mpx.new_node_wide_channel_subscription(
+            on_message, on_disconnect, on_activation
+        )
+        self.keyspace.add(KEYEVENT)
+
     def _disconnected(self, tracked: Tracked) -> None:
         if tracked.kind != "shard":  # it rides the home node alone: all its names are lost
             super()._disconnected(tracked)
@@ -1054,14 +1169,85 @@ class ClusterChaos(Chaos):
             self._set_home(homes[0])
         return len(homes) == 1
 
+    def _running(self) -> list[RedisServer]:
+        """The nodes running, members of the cluster or removed from it."""
+        return [node for node in self.cluster.nodes if node.running and not node.paused]
+
+    def _node_wide_settled(self) -> bool:
+        """Whether the keyspace subscription is held on every master that owns a slot,
+        once, and on no other node (blocking)."""
+        owners = {owner for _, _, owner in self.cluster.slot_owners()}
+        self.node_wide_channels = len(owners)  # statistics() counts it once per master
+        return all(
+            int(node.command("PUBSUB", "NUMSUB", KEYEVENT)[1]) == (node in owners)
+            for node in self._running()
+        )
+
     async def prepare(self) -> None:
         if not await self.wait_for_blocking(self._locate_home, RECOVERY_DEADLINE):
             raise SystemExit("no single node holds the patterns")
+        if not await self.wait_for_blocking(self._node_wide_settled, RECOVERY_DEADLINE):
+            raise SystemExit("the node-wide subscription is not on every master")
+        self.key_started = True
+
+    async def check(self, mpx: Any, promises: Any, losses: int, number: int) -> None:
+        """The checks of every mode, then the keyspace events': once the node-wide
+        subscription is on every master, every key written is heard of once."""
+        settled = await self.wait_for_blocking(self._node_wide_settled, RECOVERY_DEADLINE)
+        self.violations.note(
+            "node-wide subscription not on every master",
+            f"round {number} ({self.last_fault})",
+            int(not settled),
+        )
+        since = self.publisher.mark()
+        await anyio.sleep(0.1)  # keys written after the recovery
+        await super().check(mpx, promises, losses, number)
+        await self._check_keyspace(since, number)
+
+    async def _check_keyspace(self, since: int, number: int) -> None:
+        """Keys written from ``since`` (the recovery) on: each one's event received
+        once. Keys written before, since the last check: lost only if the loss was told
+        (an ``on_disconnect`` or a re-activation since the fault), never twice."""
+        end = self.publisher.mark()
+        await self.wait_for(lambda: self.publisher.settled >= end, 5.0)
+        owed = self.publisher.published_between(KEY_PREFIX, since, end)
+
+        def missing() -> list[int]:
+            return [s for s in owed if not self.key_seen.get(s)]
+
+        await self.wait_for(lambda: not missing(), DELIVERY_DEADLINE)
+        wrong = missing() + [s for s in owed if self.key_seen.get(s, 0) > 1]
+        self.key_checked += len(owed)
+        self.violations.note(
+            "keyspace events after recovery not received exactly once",
+            f"round {number} ({self.last_fault}): {len(wrong)} of {len(owed)}, e.g. {wrong[:3]}",
+            len(wrong),
+        )
+        during = self.publisher.published_between(KEY_PREFIX, self.key_from, since)
+        gone = [s for s in during if not self.key_seen.get(s)]
+        twice = [s for s in during if self.key_seen.get(s, 0) > 1]
+        self.key_during += len(during)
+        self.key_lost += len(gone)
+        self.violations.note(
+            "keyspace events received twice",
+            f"round {number} ({self.last_fault}): {len(twice)}, e.g. {twice[:3]}",
+            len(twice),
+        )
+        self.violations.note(
+            "keyspace events lost untold",
+            f"round {number} ({self.last_fault}): {len(gone)} of {len(during)}",
+            int(bool(gone) and not self.key_told),
+        )
+        self.key_from = end
+        self.publisher.forget_keys_before(end)
+        for seq in [s for s in self.key_seen if s < end]:
+            del self.key_seen[seq]
 
     def _server_differences(
         self, wanted_channels: set[bytes], wanted_shards: set[bytes], wanted_patterns: int
     ) -> list[str]:
-        counts = {node: pubsub_counts(node) for node in self.cluster.reachable()}
+        # The nodes that left count too: the multiplexer must have left them.
+        counts = {node: pubsub_counts(node) for node in self._running()}
         homes = self._homes(counts)
         if len(homes) != 1:
             return [f"patterns on {len(homes)} nodes"]
@@ -1084,13 +1270,24 @@ class ClusterChaos(Chaos):
     async def fault(self, kind: str, mpx: Any, tg: Any, number: int) -> None:
         self.faults[kind] += 1
         self.last_fault = kind
+        self.key_told = 0
         owners = await self.blocking(self.shard_owners)
         masters = sorted(set(owners.values()), key=self.cluster.nodes.index)
+        if kind == "node-added":
+            await self._node_added()
+            return
+        if kind == "node-removed":
+            await self._node_removed(number)
+            return
+        if kind in ("failover", "kill-master"):
+            # A master added here has no replica; kill_master waits for the election
+            # of one replica, which it must be if there are two.
+            followers = {m: len(await self.blocking(self.cluster.replicas_of, m)) for m in masters}
+            masters = [
+                m for m in masters if followers[m] == 1 or (followers[m] and kind == "failover")
+            ]
         if kind in ("migrate", ATOMIC_MIGRATE):
-            # Half of the time the slot of the group: several names move at once.
-            picked = SHARD_GROUP[0] if self.rng.random() < 0.5 else self.rng.choice(SHARD_CHANNELS)
-            slot = self.publisher.slots[picked]
-            moving = {n for n in SHARD_CHANNELS if self.publisher.slots[n] == slot}
+            slot, moving = self._pick_slot()
             source = owners[next(iter(moving))]
             others = [m for m in await self.blocking(self.cluster.masters) if m is not source]
             destination = self.rng.choice(sorted(others, key=self.cluster.nodes.index))
@@ -1099,7 +1296,7 @@ class ClusterChaos(Chaos):
             if kind == ATOMIC_MIGRATE:
                 await self.blocking(self.cluster.migrate_slots_atomically, slot, slot, destination)
             else:
-                await self.blocking(self.cluster.migrate_slot, slot, destination)
+                await self.blocking(self._migrate_slot, slot, destination)
             return
         assert self.home is not None
         carriers = masters if kind in ("failover", "kill-master") else [*masters, self.home]
@@ -1135,6 +1332,128 @@ class ClusterChaos(Chaos):
                 "client-output-buffer-limit",
                 " ".join(DEFAULT_OUTPUT_LIMIT),
             )
+
+    def _pick_slot(self) -> tuple[int, set[bytes]]:
+        """A slot holding shard names, and those names. Half of the time the slot of
+        the group: several names move at once."""
+        picked = SHARD_GROUP[0] if self.rng.random() < 0.5 else self.rng.choice(SHARD_CHANNELS)
+        slot = self.publisher.slots[picked]
+        return slot, {n for n in SHARD_CHANNELS if self.publisher.slots[n] == slot}
+
+    async def _node_added(self) -> None:
+        """A new master joins (``CLUSTER MEET``), then a slot holding names moves to it."""
+        node = await self.blocking(self.cluster.add_master)
+        self.publisher.set_nodes(self.cluster.reachable())
+        slot, moving = self._pick_slot()
+        self._expect(moving, None)
+        self.log(f"  node {node.port} added; slot {slot} ({len(moving)} names) moves to it")
+        await self.blocking(self._migrate_slot, slot, node)
+
+    def _removable(self) -> tuple[RedisServer | None, list[RedisServer], list[RedisServer]]:
+        """What may leave the cluster (blocking): the home if it can (a replica, or a
+        master added here, one without replicas, while there are more than
+        MIN_MASTERS) unless more than MAX_EXTRA_MASTERS were added, else such an added
+        master, else a replica: (home or None, added masters, replicas)."""
+        masters = self.cluster.masters()
+
+        def extra(node: RedisServer) -> bool:
+            return (
+                node in masters
+                and len(masters) > MIN_MASTERS
+                and not self.cluster.replicas_of(node)
+            )
+
+        replicas = self.cluster.replicas()
+        # A replica whose master has another is taken first: none need replace it.
+        spare = [r for r in replicas if len(self.cluster.replicas_of(self._master_of(r))) > 1]
+        replicas = spare or replicas
+        extras = [m for m in masters if extra(m)]
+        home = self.home if self.home in replicas or self.home in extras else None
+        if len(extras) > MAX_EXTRA_MASTERS and home not in extras:
+            home = None  # an added master leaves instead: the cluster does not grow
+        return home, extras, replicas
+
+    def _migrate_slot(self, slot: int, destination: RedisServer) -> None:
+        """The fixture's ``migrate_slot``, for a source that may give its last slot: Redis
+        makes a master whose slots all went to one node that node's replica, at once, so
+        the source may refuse the final ``SETSLOT NODE`` (blocking)."""
+        migration = self.cluster.begin_migration(slot, destination)
+        self.cluster.move_keys(migration)
+        new_owner = self.cluster.node_id(destination)
+        destination.command("CLUSTER", "SETSLOT", slot, "NODE", new_owner)
+        for master in [migration.source, *self.cluster.masters()]:
+            if master is destination:
+                continue
+            try:
+                master.command("CLUSTER", "SETSLOT", slot, "NODE", new_owner)
+            except hiredis.ReplyError as exc:
+                if master is not migration.source or "only with masters" not in str(exc):
+                    raise
+        self.cluster.wait_stable()
+
+    def _slots_of(self, node: RedisServer) -> list[int]:
+        return [
+            slot
+            for start, end, owner in self.cluster.slot_owners()
+            if owner is node
+            for slot in range(start, end + 1)
+        ]
+
+    def _master_of(self, replica: RedisServer) -> RedisServer:
+        return next(m for m in self.cluster.masters() if replica in self.cluster.replicas_of(m))
+
+    def _add_replica(self, master: RedisServer) -> None:
+        """A new node joins as a replica of ``master``, which lost its own (blocking)."""
+        node = self.cluster.add_master()
+        node.command("CLUSTER", "REPLICATE", self.cluster.node_id(master))
+        deadline = time.monotonic() + RECOVERY_DEADLINE
+        while self.cluster.role(node) != "replica":
+            if time.monotonic() > deadline:
+                raise RedisServerError(f"{node!r} did not become a replica of {master!r}")
+            time.sleep(0.02)
+        self.cluster.wait_stable()
+        self.publisher.set_nodes(self.cluster.reachable())
+
+    async def _node_removed(self, number: int) -> None:
+        """A node without slots leaves (``CLUSTER FORGET`` on every other node, ``CLUSTER
+        RESET HARD`` on it): the home when it can, its slots moved away first if it is
+        a master added here; else such a master; else a replica, and a new node
+        replaces it, so that every master of the original three keeps one."""
+        home, extras, replicas = await self.blocking(self._removable)
+        node = home or (self.rng.choice(extras) if extras else self.rng.choice(replicas))
+        orphan = None
+        if node in replicas:
+            master = await self.blocking(self._master_of, node)
+            if await self.blocking(self.cluster.replicas_of, master) == [node]:
+                orphan = master
+        slots = await self.blocking(self._slots_of, node)
+        moving = {n for n in SHARD_CHANNELS if self.publisher.slots[n] in slots}
+        self._expect(moving, None)
+        self.log(f"  node {node.port} leaves ({len(slots)} slots), home {self.home}")
+        if slots:
+            masters = [m for m in await self.blocking(self.cluster.masters) if m is not node]
+            for slot in slots:
+                await self.blocking(self._migrate_slot, slot, self.rng.choice(masters))
+            # Before it leaves, its names have moved with their slots.
+            await self.wait_for(lambda: all(t.active >= t.names for t in self.stable()), 10.0)
+        if node is self.home:
+            self.removed_homes += 1
+            self.home_lost = True
+            for t in self.tracked.values():
+                if t.kind != "shard":
+                    self._deactivate(t, set(t.names))
+                    self.expected[t.ident] = int(bool(t.names))
+            # PUBLISH goes on through a member: a node that left relays nothing.
+            other = next(n for n in self.cluster.reachable() if n is not node)
+            self.publisher.channel_target = (other.host, other.port)
+        await self.blocking(self.cluster.remove_node, node)
+        self.publisher.set_nodes(self.cluster.reachable())
+        if node is self.home:
+            owed = [t for t in self.stable() if self.expected.get(t.ident)]
+            if not await self.wait_for(lambda: any(t.disconnects for t in owed), 10.0):
+                self.violations.note("faults not detected", f"round {number}: home {node} left")
+        if orphan is not None:
+            await self.blocking(self._add_replica, orphan)
 
     def _expect(self, moving: set[bytes], lost: RedisServer | None) -> None:
         """What the coming fault does: the shard names in ``moving`` must be activated
@@ -1238,14 +1557,14 @@ def _possible_faults(args: argparse.Namespace, server: RedisServer) -> str | Non
 
 async def _main(m: ModuleType, args: argparse.Namespace) -> int:
     if args.cluster:
-        with RedisCluster(binary=args.server) as cluster:
+        with RedisCluster(binary=args.server, extra_args=NOTIFY_ARGS) as cluster:
             if error := _possible_faults(args, cluster.masters()[0]):
                 print(f"chaos.py: error: {error}", file=sys.stderr)
                 return 2
             return await _exercise(
                 ClusterChaos(m, cluster, args),
-                m.ClusterMultiplexer(cluster.startup_urls, **TIMERS),
-                cluster.reachable,
+                m.ClusterMultiplexer(cluster.startup_urls, **CLUSTER_TIMERS),
+                lambda: [node for node in cluster.nodes if node.running],
                 lambda: True,
                 args,
             )
@@ -1354,8 +1673,23 @@ def report(
         f"delivered {final.messages_delivered}, dropped {final.messages_dropped}; "
         f"connections lost {final.connections_lost}"
     )
-    if isinstance(chaos.publisher, ClusterPublisher):
+    if isinstance(chaos, ClusterChaos):
         print(f"publishes redirected by MOVED: {chaos.publisher.redirected}")
+        print(
+            "node-wide keyspace events after recovery not received exactly once: "
+            f"{v['keyspace events after recovery not received exactly once']} "
+            f"(of {chaos.key_checked} checked)"
+        )
+        print(
+            f"keyspace events of keys written during a fault: lost {chaos.key_lost} "
+            f"of {chaos.key_during}, lost untold {v['keyspace events lost untold']}, "
+            f"received twice {v['keyspace events received twice']}"
+        )
+        print(
+            f"nodes that left the cluster: {len(chaos.cluster.removed)} "
+            f"({chaos.removed_homes} of them the home); at the end "
+            f"{len(chaos.cluster.masters())} masters, {len(chaos.cluster.replicas())} replicas"
+        )
     total = sum(v.values())
     print(f"chaos: {faults} faults, {total} violations")
     return 1 if total else 0

@@ -24,8 +24,16 @@ from server_matrix import server_build
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 12
 #: The cluster's fault kinds (and atomic-migrate where the server has it); each runs
-#: twice (a kill-master round takes ~3 s).
-CLUSTER_FAULTS = ["failover", "migrate", "kill-master", "client-kill", "output-buffer-limit"]
+#: twice (a kill-master round takes ~3 s, a node-added one ~2 s).
+CLUSTER_FAULTS = [
+    "failover",
+    "migrate",
+    "kill-master",
+    "client-kill",
+    "output-buffer-limit",
+    "node-added",
+    "node-removed",
+]
 
 
 def _load_chaos() -> ModuleType:
@@ -222,6 +230,32 @@ def test_cluster_checker_owes_one_on_disconnect_per_lost_node() -> None:
     channel.disconnects, shard.disconnects = 1, 0
     checker._check_disconnects(0, 3)
     assert checker.violations["on_disconnect not exactly one per subscription per loss"] == 1
+
+
+def test_cluster_checker_owes_each_key_event_once_and_a_loss_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The node-wide keyspace subscription: a key written after the recovery (seq 20 on)
+    must be heard of once; one written before may be lost only if the loss was told."""
+    chaos = _load_chaos()
+    monkeypatch.setattr(chaos, "DELIVERY_DEADLINE", 0.05)
+    checker, _, _ = _cluster_checker(chaos)
+    checker.publisher.next_seq = checker.publisher.settled = 30
+    checker.publisher.confirmed[chaos.KEY_PREFIX] = [3, 5, 21, 22, 23]
+    checker.key_seen.update({5: 1, 21: 1, 22: 2})  # 3 lost in the fault, 23 lost after it
+    anyio.run(checker._check_keyspace, 20, 1)
+    assert checker.violations["keyspace events after recovery not received exactly once"] == 2
+    assert checker.violations["keyspace events lost untold"] == 1
+    assert (checker.key_checked, checker.key_during, checker.key_lost) == (3, 2, 1)
+    assert checker.key_from == 30
+    assert not checker.key_seen  # forgotten up to the end of the check
+    checker.publisher.next_seq = checker.publisher.settled = 40
+    checker.publisher.confirmed[chaos.KEY_PREFIX] += [31, 32]
+    checker.key_seen.update({32: 1})  # 31 lost in the fault, told this time
+    checker.key_told = 1
+    anyio.run(checker._check_keyspace, 35, 2)
+    assert checker.violations["keyspace events lost untold"] == 1
+    assert checker.publisher.confirmed[chaos.KEY_PREFIX] == []
 
 
 def test_chaos_refuses_a_server_it_cannot_run() -> None:
